@@ -1,0 +1,3 @@
+from kdray.cli import main
+
+raise SystemExit(main())

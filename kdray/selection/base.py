@@ -1,0 +1,150 @@
+"""The selector interface: every ``phase_steps`` steps, one weight per knowledge kind.
+
+The training loop (``kdray.distill``) talks to selectors only through this
+module, so baselines and the actor-critic agent are interchangeable:
+
+1. at a phase start the loop builds a :class:`PhaseState` and calls
+   :meth:`Selector.decide`, which returns ``{kind: weight}`` for every kind in
+   the pool (weight 0 means the kind is not computed in this phase);
+2. the loop minimises ``sum(weight * loss)`` for ``phase_steps`` steps;
+3. at the phase end it calls :meth:`Selector.observe` with a
+   :class:`PhaseOutcome` (reward-set loss before/after, mean per-kind losses,
+   the next state) and gets back a :class:`PhaseRecord` for the trace.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from kdray.config import SelectorConfig
+
+
+@dataclass
+class PhaseState:
+    """What a selector sees when it decides.
+
+    Attributes:
+        teacher_cls: teacher's final-layer [CLS] vectors on the phase's first batch, ``[B, Ht]``
+            (None when the selector does not need state or the run has no teacher).
+        student_cls: student's final-layer [CLS] vectors on the same batch, ``[B, Hs]``.
+        losses: mean unweighted loss of each kind over the previous phase (kinds not computed
+            in that phase are absent).
+        progress: fraction of the run's steps done, in [0, 1].
+        step: global optimisation step at the decision.
+    """
+
+    teacher_cls: torch.Tensor | None
+    student_cls: torch.Tensor | None
+    losses: dict[str, float]
+    progress: float
+    step: int
+
+
+@dataclass
+class PhaseOutcome:
+    """What happened during a phase, reported by the loop at its end."""
+
+    reward_set_loss_before: float  # NaN when the reward set is not scored
+    reward_set_loss_after: float
+    losses: dict[str, float]  # mean unweighted loss per computed kind during the phase
+    next_state: PhaseState
+    done: bool  # last phase of the episode/run
+
+
+@dataclass
+class PhaseRecord:
+    """One row group of ``traces.parquet``: the decision and its result."""
+
+    step: int
+    phase: int
+    weights: dict[str, float]
+    reward: float = math.nan
+    q_value: float = math.nan
+    reward_set_loss: float = math.nan
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Selector(ABC):
+    """Decides the knowledge weights once per phase.
+
+    Class attributes tell the loop what work the selector needs, so that work is
+    skipped for selectors that do not use it.
+    """
+
+    #: the loop must pass [CLS] vectors in PhaseState
+    needs_state: bool = False
+    #: stage 1 (training episodes) is meaningful for this selector
+    learns: bool = False
+
+    def __init__(self, pool: list[str], config: SelectorConfig, seed: int = 0) -> None:
+        self.pool = list(pool)
+        self.config = config
+        self.generator = torch.Generator().manual_seed(seed)
+        self.phase = 0
+        self.training = True  # stage 2 with stage2=frozen sets this False
+
+    @abstractmethod
+    def decide(self, state: PhaseState) -> dict[str, float]:
+        """Return a weight for every kind in the pool for the coming phase."""
+
+    def observe(self, outcome: PhaseOutcome) -> PhaseRecord:
+        """Learn from the finished phase (if learning) and return its trace record."""
+        record = PhaseRecord(
+            step=outcome.next_state.step,
+            phase=self.phase,
+            weights=dict(self.last_weights),
+            reward_set_loss=outcome.reward_set_loss_after,
+        )
+        self.phase += 1
+        return record
+
+    def start_episode(self, episode: int) -> None:
+        """Called when a (stage-1 or final) run restarts from the student's initial weights."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "generator": self.generator.get_state(), "last_weights": self.last_weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.phase = int(state["phase"])
+        self.generator.set_state(state["generator"])
+        self.last_weights = dict(state["last_weights"])
+
+    @property
+    def last_weights(self) -> dict[str, float]:
+        return getattr(self, "_last_weights", {k: 0.0 for k in self.pool})
+
+    @last_weights.setter
+    def last_weights(self, weights: dict[str, float]) -> None:
+        self._last_weights = dict(weights)
+
+
+SelectorFactory = Callable[[list[str], SelectorConfig, int], Selector]
+SELECTORS: dict[str, SelectorFactory] = {}
+
+
+def register_selector(name: str) -> Callable[[SelectorFactory], SelectorFactory]:
+    """Class decorator: make a selector available under ``selector.name``."""
+
+    def wrap(cls: SelectorFactory) -> SelectorFactory:
+        if name in SELECTORS:
+            raise ValueError(f"selector {name!r} registered twice")
+        SELECTORS[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_selector(config: SelectorConfig, pool: list[str], seed: int) -> Selector:
+    """Instantiate the configured selector; unknown names list the registered ones."""
+    # Importing the implementations registers them.
+    from kdray.selection import actor_critic, baselines  # noqa: F401
+
+    factory = SELECTORS.get(config.name)
+    if factory is None:
+        raise ValueError(f"unknown selector {config.name!r}; known: {', '.join(sorted(SELECTORS))}")
+    return factory(pool, config, seed)
