@@ -1,0 +1,176 @@
+"""The ``kdray`` command line: argument parsing at the edge, work done by the modules.
+
+Heavy imports (torch, ray, transformers) happen inside each command so that
+``kdray --help`` and config errors answer instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from kdray.config import GLUE_TASKS, ConfigError
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from kdray.glue import describe_tasks
+
+    rows = describe_tasks(args.data_dir)
+    print(f"{'task':<6} {'metrics':<34} {'splits':<48} local rows")
+    for row in rows:
+        counts = row.get("local_rows") or {}
+        local = ", ".join(f"{split}={n}" for split, n in counts.items()) or "-"
+        print(f"{row['name']:<6} {'/'.join(row['metrics']):<34} {', '.join(row['splits']):<48} {local}")
+    return 0
+
+
+def _cmd_teacher(args: argparse.Namespace) -> int:
+    from kdray.config import DataConfig, TeacherConfig
+    from kdray.teacher import finetune_teacher
+
+    teacher = TeacherConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    data = DataConfig(
+        source=args.source,
+        dir=args.data_dir,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+    )
+    result = finetune_teacher(args.task, teacher, data, args.max_seq_length, args.out)
+    print(json.dumps({"path": str(result.path), "score": result.score, "metrics": result.metrics,
+                      "seconds": round(result.seconds, 1)}, indent=2))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from kdray.config import load_run_config
+    from kdray.distill import train
+
+    overrides = dict(_parse_override(o) for o in args.set or [])
+    config = load_run_config(args.config, overrides)
+    if args.output_dir:
+        config.output_dir = args.output_dir
+    result = train(config, teacher_path=args.teacher)
+    print(json.dumps({"task": result.task, "method": result.method, "dev_score": result.dev_score,
+                      "dev_metrics": result.dev_metrics, "train_seconds": round(result.train_seconds, 1),
+                      "samples_per_second": round(result.samples_per_second, 1),
+                      "output_dir": config.output_dir}, indent=2))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from kdray.sweep import run_sweep
+
+    return run_sweep(
+        args.space,
+        address=args.address,
+        storage=args.storage,
+        name=args.name,
+        resume=args.resume,
+        dry_run=args.dry_run,
+        max_concurrent=args.max_concurrent,
+        num_samples=args.num_samples,
+    )
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from kdray.report import render
+
+    text = render(args.results_dir, fmt=args.format, by=args.by, plots_dir=args.plots, out=args.out)
+    if not args.out:
+        print(text)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from kdray.bench import run_bench
+
+    return run_bench(quick=args.quick, out_dir=args.out)
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    """``key.path=value`` with the value parsed as YAML (so lists and numbers work)."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdray",
+        description="Knowledge distillation sweeps on Ray with actor-critic knowledge selection.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sweep", help="run a search space on local Ray or a cluster")
+    p.add_argument("space", help="search-space YAML, e.g. search_spaces/smoke.yaml")
+    p.add_argument("--address", default=None, help="Ray address: 'auto' or ray://host:port (default: local Ray)")
+    p.add_argument("--storage", default=None, help="results root: a path or URI (s3://, gs://, NFS path)")
+    p.add_argument("--name", default=None, help="sweep name (default: the YAML's name)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep without re-running trials")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded trials and exit")
+    p.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
+    p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("train", help="one distillation run in-process (no Ray)")
+    p.add_argument("config", help="run config YAML (the RunConfig keys)")
+    p.add_argument("--teacher", default=None, help="folder of a fine-tuned teacher (default: fine-tune/cache one)")
+    p.add_argument("--output-dir", default=None, help="override output_dir")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config value")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("teacher", help="fine-tune and save a teacher")
+    p.add_argument("task", choices=GLUE_TASKS)
+    p.add_argument("--model", default="minilm-l6", help="hub id, local folder or short name (minilm-l6, tiny-bert)")
+    p.add_argument("--out", default=None, help="output folder (default: the teacher cache)")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--source", choices=["auto", "hub", "local"], default="auto")
+    p.add_argument("--data-dir", default=None, help="official GLUE TSV folder (default: $KDRAY_GLUE_DIR)")
+    p.add_argument("--max-train-samples", type=int, default=None)
+    p.add_argument("--max-eval-samples", type=int, default=None)
+    p.set_defaults(func=_cmd_teacher)
+
+    p = sub.add_parser("report", help="paper-style tables and plots from a sweep's Parquet files")
+    p.add_argument("results_dir")
+    p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
+    p.add_argument("--by", choices=["method", "pool", "phase_steps", "reward", "action"], default="method")
+    p.add_argument("--plots", default=None, help="write PNG plots into this folder")
+    p.add_argument("--out", default=None, help="write the table to this file instead of stdout")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("tasks", help="the GLUE tasks, their metrics and local row counts")
+    p.add_argument("--data-dir", default=None, help="official GLUE TSV folder (default: $KDRAY_GLUE_DIR)")
+    p.set_defaults(func=_cmd_tasks)
+
+    p = sub.add_parser("bench", help="time the training step, selector, caches, data loading and Ray overhead")
+    p.add_argument("--quick", action="store_true", help="small sizes; fails when a ratio target is missed")
+    p.add_argument("--out", default="results/bench", help="folder for bench.parquet and bench.md")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"kdray {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        # Data and model errors (GlueDataError, unknown names) are ValueErrors with a user-facing message.
+        print(f"kdray {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
