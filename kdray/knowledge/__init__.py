@@ -1,0 +1,30 @@
+"""The knowledge pool: one module per kind, looked up by name in :data:`KNOWLEDGE`."""
+
+from kdray.knowledge import attention, embedding, feature, finetune, relation, response  # noqa: F401  (registers)
+from kdray.knowledge.base import (
+    KNOWLEDGE,
+    Knowledge,
+    KnowledgeContext,
+    ModelOutputs,
+    Needs,
+    build_knowledge,
+    needs_of,
+    register_knowledge,
+    run_model,
+)
+from kdray.knowledge.finetune import task_loss
+from kdray.knowledge.relation import fsp_matrix
+
+__all__ = [
+    "KNOWLEDGE",
+    "Knowledge",
+    "KnowledgeContext",
+    "ModelOutputs",
+    "Needs",
+    "build_knowledge",
+    "fsp_matrix",
+    "needs_of",
+    "register_knowledge",
+    "run_model",
+    "task_loss",
+]
