@@ -183,6 +183,8 @@ class KnowledgeConfig(_Strict):
     pool: list[str] = Field(default_factory=lambda: ["finetune", "response", "feature", "relation"], min_length=1)
     temperature: float = Field(default=4.0, gt=0)
     layer_map: Union[Literal["skip", "last"], list[int]] = "skip"  # or explicit teacher layer per student layer
+    # feature loss: full = MSE over all tokens (TinyBERT); cls_normalized = PKD's normalised [CLS] (pkd forces it)
+    feature_mode: Literal["full", "cls_normalized"] = "full"
 
     @field_validator("pool")
     @classmethod
