@@ -1,0 +1,84 @@
+"""Batch order, evaluation and distributed helpers of the training loop.
+
+The batch order is a pure function of (seed, epoch), so a resumed run can
+recompute it and continue from a stored position instead of pickling loaders.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from kdray.knowledge import run_model, task_loss
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when not running under torch.distributed."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return torch_dist.get_rank(), torch_dist.get_world_size()
+    return 0, 1
+
+
+def epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, bucketing: bool, rank: int = 0, world: int = 1
+) -> list[list[int]]:
+    """This rank's batches (row indices) of one epoch.
+
+    Length bucketing sorts rows by length inside windows of 50 batches of a random
+    permutation, then shuffles the batches: little padding, still random order.
+    With several ranks every rank gets the same number of whole batches (the
+    DistributedSampler contract, dropping the remainder).
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(lengths), generator=g).tolist()
+    if bucketing:
+        window = batch_size * 50
+        order = [i for s in range(0, len(order), window) for i in sorted(order[s : s + window], key=lambda i: lengths[i])]
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    if bucketing:
+        perm = torch.randperm(len(batches), generator=g).tolist()
+        batches = [batches[i] for i in perm]
+    if world > 1:
+        per_rank = len(batches) // world
+        batches = batches[rank::world][:per_rank]
+    return batches
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def collate_rows(dataset: Any, rows: Sequence[int], collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return collate([dataset[int(i)] for i in rows])
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, dataset: Any, collate: Callable, batch_size: int, device: torch.device, is_regression: bool,
+    rank: int = 0, world: int = 1,
+) -> tuple[list[float], list[float], float]:
+    """Predictions, labels and mean task loss on ``dataset`` (sharded over ranks, gathered on all)."""
+    was_training = model.training
+    model.eval()
+    rows = list(range(rank, len(dataset), world))
+    preds: list[float] = []
+    labels: list[float] = []
+    loss_sum = torch.zeros((), device=device)
+    for s in range(0, len(rows), batch_size):
+        batch = to_device(collate_rows(dataset, rows[s : s + batch_size], collate), device)
+        logits = run_model(model, batch).logits.float()
+        loss_sum += task_loss(logits, batch["labels"], is_regression) * len(batch["labels"])
+        p = logits.squeeze(-1) if is_regression else logits.argmax(-1)
+        preds.extend(p.cpu().tolist())
+        labels.extend(batch["labels"].cpu().tolist())
+    model.train(was_training)
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        torch_dist.all_gather_object(gathered, (preds, labels))
+        preds = [p for g in gathered for p in g[0]]
+        labels = [l for g in gathered for l in g[1]]
+        torch_dist.all_reduce(loss_sum)
+    return preds, labels, float(loss_sum) / max(1, len(dataset))
