@@ -1,0 +1,98 @@
+"""Teacher fine-tuning on real RTE rows with the tiny random BERT, and the teacher cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import kdray.teacher as teacher_mod
+from kdray.config import DataConfig, RunConfig, TeacherConfig, TrainConfig
+from kdray.models import load_teacher
+from kdray.teacher import bucketed_batches, finetune_teacher, get_teacher, teacher_cache_dir
+
+
+def _run(glue_dir: Path, **teacher: object) -> RunConfig:
+    return RunConfig(
+        task="rte",
+        data=DataConfig(source="local", dir=str(glue_dir), max_train_samples=64, max_eval_samples=32),
+        teacher=TeacherConfig(model="tiny-bert", epochs=2, batch_size=16, lr=1e-3, seed=7, **teacher),
+        train=TrainConfig(max_seq_length=64, progress=False),
+    )
+
+
+def test_bucketed_batches_cover_every_row_once_with_little_padding() -> None:
+    lengths = [(i * 37) % 100 + 1 for i in range(1000)]
+    batches = bucketed_batches(lengths, 32, torch.Generator().manual_seed(0))
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    spread = max(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    assert spread < 20  # random batches would span nearly the whole 1..100 range
+    again = bucketed_batches(lengths, 32, torch.Generator().manual_seed(0))
+    assert again == batches
+
+
+def test_cache_key_changes_with_what_changes_the_teacher(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    base = teacher_cache_dir("rte", run.teacher, run.data, 64, tmp_path)
+    assert base == teacher_cache_dir("rte", run.teacher, run.data.model_copy(update={"dir": "/x"}), 64, tmp_path)
+    for other in (
+        teacher_cache_dir("mrpc", run.teacher, run.data, 64, tmp_path),
+        teacher_cache_dir("rte", run.teacher.model_copy(update={"lr": 2e-3}), run.data, 64, tmp_path),
+        teacher_cache_dir("rte", run.teacher.model_copy(update={"seed": 8}), run.data, 64, tmp_path),
+        teacher_cache_dir("rte", run.teacher, run.data.model_copy(update={"max_train_samples": 65}), 64, tmp_path),
+        teacher_cache_dir("rte", run.teacher, run.data, 128, tmp_path),
+    ):
+        assert other != base
+    custom = teacher_cache_dir("rte", run.teacher.model_copy(update={"cache_dir": str(tmp_path / "t")}), run.data, 64, tmp_path)
+    assert custom.parent == tmp_path / "t"
+
+
+def test_finetune_then_cache_reuse(glue_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _run(glue_dir)
+    first = get_teacher("rte", run, tmp_path)
+    assert first.path.parent == tmp_path / "teachers"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json"):
+        assert (first.path / name).is_file(), name
+    info = json.loads((first.path / "metrics.json").read_text())
+    assert set(info["metrics"]) == {"accuracy"} and 0.0 <= first.score <= 1.0
+    assert info["score"] == first.score and info["hyperparameters"]["lr"] == 1e-3
+    assert info["train_rows"] == 64 and info["dev_rows"] == {"validation": 32}
+    assert info["seconds"] > 0
+
+    # Training moved the weights away from the seeded initialisation.
+    init = load_teacher("tiny-bert", teacher_mod.get_task("rte"))
+    trained = load_file(str(first.path / "model.safetensors"))
+    assert not torch.allclose(trained["bert.embeddings.word_embeddings.weight"],
+                              init.bert.embeddings.word_embeddings.weight)
+
+    # The saved teacher reloads and scores what metrics.json says.
+    reloaded = get_teacher("rte", run.model_copy(update={"teacher": run.teacher.model_copy(
+        update={"finetuned": {"rte": str(first.path)}})}), tmp_path)
+    assert reloaded.score == pytest.approx(first.score) and reloaded.metrics == pytest.approx(first.metrics)
+
+    # A second call reuses the folder and never trains.
+    def _no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached teacher was fine-tuned again")
+
+    monkeypatch.setattr(teacher_mod, "finetune_teacher", _no_training)
+    again = get_teacher("rte", run, tmp_path)
+    assert again.path == first.path and again.score == first.score and again.metrics == first.metrics
+
+
+def test_finetune_is_seeded_and_replaces_only_teacher_folders(glue_dir: Path, tmp_path: Path) -> None:
+    run = _run(glue_dir)
+    a = finetune_teacher("rte", run.teacher, run.data, 64, tmp_path / "a", progress=False)
+    b = finetune_teacher("rte", run.teacher, run.data, 64, tmp_path / "a", progress=False)  # replaces a
+    ref = load_file(str(tmp_path / "a" / "model.safetensors"))
+    c = finetune_teacher("rte", run.teacher, run.data, 64, tmp_path / "c", progress=False)
+    other = load_file(str(c.path / "model.safetensors"))
+    assert a.metrics == b.metrics == c.metrics
+    assert all(torch.equal(ref[k], other[k]) for k in ref)
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a kdray teacher folder"):
+        finetune_teacher("rte", run.teacher, run.data, 64, tmp_path / "user", progress=False)
+    assert (tmp_path / "user" / "notes.txt").read_text() == "keep me"
