@@ -100,8 +100,13 @@ def train(
         raise ValueError(f"{config.task}: {len(lengths)} training rows give no batch of {tc.batch_size} on {world} ranks")
     total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * batches_per_epoch))
 
+    # ---- selector first: its kinds decide whether the models need (slower) eager attention
+    selector = build_selector(sc, config.knowledge.pool, tc.seed)
+    if sc.init_from:
+        _init_selector(selector, sc.init_from)
+
     # ---- models
-    teacher = load_teacher(teacher_path, spec).to(device).eval()
+    teacher = load_teacher(teacher_path, spec, attentions="attention" in selector.pool).to(device).eval()
     teacher.requires_grad_(False)
     if math.isnan(teacher_score):
         teacher_score = _teacher_score(teacher_path, teacher, data, spec, collate, tc.eval_batch_size, device, rank, world)
@@ -109,10 +114,7 @@ def train(
     student = build_student(teacher, config.student, spec).to(device)
     n_student, n_teacher = student.config.num_hidden_layers, teacher.config.num_hidden_layers
 
-    # ---- selector and knowledge pool (the selector may define its own kind set, e.g. pkd)
-    selector = build_selector(sc, config.knowledge.pool, tc.seed)
-    if sc.init_from:
-        _init_selector(selector, sc.init_from)
+    # ---- knowledge pool (the selector may define its own kind set, e.g. pkd)
     pairs = layer_map(n_student, n_teacher, config.knowledge.layer_map)
     kctx = KnowledgeContext(
         layer_map=tuple((int(s), int(t)) for s, t in pairs),
