@@ -1,0 +1,287 @@
+"""Sweep results on disk: ``trials.parquet`` and ``traces.parquet`` under ``<storage>/<sweep>/``.
+
+Files are rewritten whole on every append (they are small: one row per trial, one per kind per phase),
+under an ``fcntl`` lock so several processes can append, into a temp file that is fsynced and then
+``os.replace``d, so a crash leaves either the old file or the new one, never half of one.
+A trial id that is appended again replaces its old row and its old traces (re-runs, resumes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TRIALS_FILE = "trials.parquet"
+TRACES_FILE = "traces.parquet"
+LOCK_FILE = ".results.lock"
+
+REWARD_SHAPING_TYPE = pa.struct([
+    ("reward_set", pa.string()),
+    ("exploration", pa.float64()),
+    ("cost", pa.float64()),
+    ("normalize", pa.bool_()),
+    ("clip", pa.float64()),
+    ("scale", pa.float64()),
+    ("eval_examples", pa.int64()),
+])
+
+TRIAL_SCHEMA = pa.schema([
+    ("sweep", pa.string()),
+    ("trial_id", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("task", pa.string()),
+    ("metric_name", pa.string()),
+    ("dev_score", pa.float64()),
+    ("dev_metrics", pa.map_(pa.string(), pa.float64())),
+    ("teacher_score", pa.float64()),
+    ("method", pa.string()),
+    ("action", pa.string()),
+    ("knowledge_pool", pa.list_(pa.string())),
+    ("phase_steps", pa.int64()),
+    ("reward_shaping", REWARD_SHAPING_TYPE),
+    ("seed", pa.int64()),
+    ("teacher", pa.string()),
+    ("student", pa.string()),
+    ("student_params", pa.int64()),
+    ("train_steps", pa.int64()),
+    ("train_seconds", pa.float64()),
+    ("samples_per_second", pa.float64()),
+    ("started_at", pa.timestamp("us", tz="UTC")),
+    ("finished_at", pa.timestamp("us", tz="UTC")),
+])
+
+TRACE_SCHEMA = pa.schema([
+    ("trial_id", pa.string()),
+    ("stage", pa.int64()),  # 1 = selector-training episode, 2 = the final run
+    ("episode", pa.int64()),  # -1 in the final run
+    ("step", pa.int64()),
+    ("phase", pa.int64()),
+    ("knowledge", pa.string()),
+    ("weight", pa.float64()),
+    ("reward", pa.float64()),
+    ("q_value", pa.float64()),
+    ("reward_set_loss", pa.float64()),
+])
+
+TRIAL_COLUMNS: tuple[str, ...] = tuple(TRIAL_SCHEMA.names)
+TRACE_COLUMNS: tuple[str, ...] = tuple(TRACE_SCHEMA.names)
+
+
+# --------------------------------------------------------------------------- row builders
+
+
+def _as_dict(result: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        return dataclasses.asdict(result)
+    return dict(result or {})
+
+
+def trial_row(
+    sweep: str,
+    trial_id: str,
+    result: Any,
+    searched: dict[str, Any] | None = None,
+    status: str = "TERMINATED",
+    error: str | None = None,
+    started_at: Any = None,
+    finished_at: Any = None,
+) -> dict[str, Any]:
+    """One trials.parquet row from a RunResult (dataclass or dict; may be empty for a failed trial).
+
+    Searched parameters become their own columns named by the dotted key.
+    """
+    res = _as_dict(result)
+    row: dict[str, Any] = {name: None for name in TRIAL_COLUMNS}
+    for name in TRIAL_COLUMNS:
+        if name in res:
+            row[name] = res[name]
+    row.update(sweep=sweep, trial_id=str(trial_id), status=status, error=error,
+               started_at=started_at, finished_at=finished_at)
+    for key, value in (searched or {}).items():
+        if key in TRIAL_COLUMNS:
+            raise ValueError(f"searched parameter {key!r} collides with a fixed trials column")
+        row[key] = value
+    return row
+
+
+def trace_rows(trial_id: str, traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """traces.parquet rows for one trial; ``stage`` derived from ``episode`` (-1 = final run)."""
+    out = []
+    for t in traces:
+        row = {name: t.get(name) for name in TRACE_COLUMNS}
+        row["trial_id"] = str(trial_id)
+        episode = t.get("episode", -1)
+        row["episode"] = -1 if episode is None else int(episode)
+        row["stage"] = int(t["stage"]) if t.get("stage") is not None else (1 if row["episode"] >= 0 else 2)
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- value normalisation
+
+
+def _timestamp(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, (int, float)):
+        return pd.Timestamp(v, unit="s", tz="UTC")
+    ts = pd.Timestamp(v)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _normalise_trial(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for key in ("started_at", "finished_at"):
+        out[key] = _timestamp(out.get(key))
+    dm = out.get("dev_metrics")
+    if isinstance(dm, dict):
+        out["dev_metrics"] = [(str(k), float(v)) for k, v in dm.items()]
+    rs = out.get("reward_shaping")
+    if isinstance(rs, dict):
+        out["reward_shaping"] = {f.name: rs.get(f.name) for f in REWARD_SHAPING_TYPE}
+    pool = out.get("knowledge_pool")
+    if pool is not None and not isinstance(pool, list):
+        out["knowledge_pool"] = list(pool)
+    return out
+
+
+def _extra_type(values: list[Any]) -> tuple[pa.DataType, bool]:
+    """Arrow type of a searched column; (string, True) means values are JSON-encoded."""
+    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not present:
+        return pa.float64(), False
+    if all(isinstance(v, bool) for v in present):
+        return pa.bool_(), False
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pa.int64(), False
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pa.float64(), False
+    if all(isinstance(v, str) for v in present):
+        return pa.string(), False
+    return pa.string(), True  # lists, dicts, mixed types
+
+
+def _to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    extras = sorted({k for r in rows for k in r} - set(schema.names))
+    arrays = [pa.array([r.get(name) for r in rows], type=f.type) for name, f in zip(schema.names, schema)]
+    fields = list(schema)
+    for name in extras:
+        values = [r.get(name) for r in rows]
+        typ, as_json = _extra_type(values)
+        if as_json:
+            values = [None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in values]
+        elif typ == pa.float64():
+            values = [None if v is None else float(v) for v in values]
+        arrays.append(pa.array(values, type=typ))
+        fields.append(pa.field(name, typ))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return pq.read_table(path).to_pylist()
+
+
+# --------------------------------------------------------------------------- atomic, locked writes
+
+
+@contextlib.contextmanager
+def _locked(sweep_dir: Path) -> Iterator[None]:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / LOCK_FILE, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def append_trials(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Add trial rows; a trial_id already present is replaced by the new row."""
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / TRIALS_FILE
+    with _locked(sweep_dir):
+        new = [_normalise_trial(r) for r in rows]
+        ids = {r["trial_id"] for r in new}
+        old = [r for r in _read_rows(path) if r["trial_id"] not in ids]
+        latest: dict[str, dict[str, Any]] = {}
+        for r in new:  # the last row of a trial id within one call wins
+            latest[r["trial_id"]] = r
+        _write_atomic(_to_table(old + list(latest.values()), TRIAL_SCHEMA), path)
+    return path
+
+
+def append_traces(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Add trace rows; every trace of a trial_id present in ``rows`` replaces that trial's old traces."""
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / TRACES_FILE
+    with _locked(sweep_dir):
+        ids = {str(r["trial_id"]) for r in rows}
+        old = [r for r in _read_rows(path) if r["trial_id"] not in ids]
+        _write_atomic(_to_table(old + [dict(r) for r in rows], TRACE_SCHEMA), path)
+    return path
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def find_sweep_dir(path: str | Path) -> Path:
+    """The sweep folder: ``path`` itself, its trials.parquet's folder, or the one sweep below it."""
+    p = Path(path)
+    if p.is_file():
+        return p.parent
+    if (p / TRIALS_FILE).exists():
+        return p
+    found = sorted({f.parent for f in p.glob(f"*/{TRIALS_FILE}")}) if p.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise FileNotFoundError(f"{p}: no {TRIALS_FILE} here or in a sub-folder")
+    names = ", ".join(f.name for f in found)
+    raise ValueError(f"{p}: holds several sweeps ({names}); pass one of them")
+
+
+def load(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, traces) DataFrames; dev_metrics/reward_shaping become dicts, knowledge_pool lists."""
+    d = find_sweep_dir(path)
+    trials = pd.read_parquet(d / TRIALS_FILE)
+    if "dev_metrics" in trials:
+        trials["dev_metrics"] = [dict(v) if v is not None else {} for v in trials["dev_metrics"]]
+    if "knowledge_pool" in trials:
+        trials["knowledge_pool"] = [list(v) if v is not None else [] for v in trials["knowledge_pool"]]
+    tpath = d / TRACES_FILE
+    traces = pd.read_parquet(tpath) if tpath.exists() else pd.DataFrame({c: [] for c in TRACE_COLUMNS})
+    return trials, traces
