@@ -54,7 +54,10 @@ class DataConfig(_Strict):
     max_eval_samples: int | None = Field(default=None, ge=1)
     holdout_fraction: float = Field(default=0.05, gt=0.0, lt=0.5)  # train slice kept for the reward set
     holdout_max: int = Field(default=1000, ge=1)
-    cache_dir: str | None = None  # tokenization cache; default ~/.cache/kdray/tokenized
+    cache_dir: str | None = None  # tokenization cache; default $KDRAY_CACHE_DIR/tokenized
+    # Seed of the train/dev subsample. Fixed by default so every method and seed of a comparison sees
+    # the same rows; null = use the run's seed.
+    subsample_seed: int | None = 0
 
 
 class TeacherConfig(_Strict):

@@ -1,0 +1,85 @@
+"""GLUE splits as ``datasets.DatasetDict``: from the local official layout or the hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Sequence
+
+import datasets
+
+from kdray.glue.local import count_rows, read_split, split_files
+from kdray.glue.tasks import TASKS, GlueDataError, TaskSpec, get_task
+from kdray.paths import glue_dir_from_env
+
+Source = Literal["auto", "hub", "local"]
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
+    """``data_dir`` if given, else ``$KDRAY_GLUE_DIR``, else None."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    return glue_dir_from_env()
+
+
+def load_task(
+    task: str,
+    source: Source = "auto",
+    data_dir: str | Path | None = None,
+    splits: Sequence[str] | None = None,
+) -> datasets.DatasetDict:
+    """Load ``task``'s splits (``train`` and its dev splits, or ``splits``) with the hub's fields and label ids.
+
+    ``auto`` reads the local folder when it has the task's folder, else the hub.
+    """
+    spec = get_task(task)
+    wanted = list(splits) if splits else ["train", *spec.dev_splits]
+    unknown = [s for s in wanted if s not in split_files(spec)]
+    if unknown:
+        raise GlueDataError(f"{spec.name}: unknown split(s) {unknown}; allowed: {', '.join(split_files(spec))}")
+    folder = resolve_data_dir(data_dir)
+    if source == "auto":
+        source = "local" if folder is not None and (folder / spec.glue_dir).is_dir() else "hub"
+    if source == "local":
+        return _load_local(spec, folder, wanted)
+    if source == "hub":
+        return _load_hub(spec, wanted)
+    raise GlueDataError(f"unknown data source {source!r}; allowed: auto, hub, local")
+
+
+def _load_local(spec: TaskSpec, folder: Path | None, splits: list[str]) -> datasets.DatasetDict:
+    if folder is None:
+        raise GlueDataError("data.source=local needs data.dir or $KDRAY_GLUE_DIR (a folder in the official GLUE layout)")
+    task_dir = folder / spec.glue_dir
+    if not task_dir.is_dir():
+        raise GlueDataError(f"{task_dir}: missing folder for GLUE task {spec.name}")
+    files = split_files(spec)
+    return datasets.DatasetDict(
+        {split: datasets.Dataset.from_dict(read_split(spec, task_dir / files[split])) for split in splits}
+    )
+
+
+def _load_hub(spec: TaskSpec, splits: list[str]) -> datasets.DatasetDict:
+    try:
+        loaded = datasets.load_dataset("nyu-mll/glue", spec.name)
+    except Exception as err:  # offline, no cache, hub errors: one clear line instead of a network traceback
+        raise GlueDataError(
+            f"could not load GLUE task {spec.name} from the hub (nyu-mll/glue): {type(err).__name__}: {err}. "
+            "Offline? Use data.source=local with data.dir (or $KDRAY_GLUE_DIR) pointing at the official GLUE TSV folder."
+        ) from None
+    return datasets.DatasetDict({split: loaded[split] for split in splits})
+
+
+def describe_tasks(data_dir: str | Path | None = None) -> list[dict[str, object]]:
+    """The nine tasks with metrics, splits and, where a local folder has them, row counts."""
+    folder = resolve_data_dir(data_dir)
+    rows: list[dict[str, object]] = []
+    for spec in TASKS.values():
+        counts: dict[str, int] = {}
+        if folder is not None:
+            for split, name in split_files(spec).items():
+                path = folder / spec.glue_dir / name
+                if path.is_file():
+                    counts[split] = count_rows(path)
+        rows.append({"name": spec.name, "metrics": list(spec.metrics), "splits": list(split_files(spec)),
+                     "local_rows": counts})
+    return rows
