@@ -339,11 +339,18 @@ _MODELS: dict[str, type[BaseModel]] = {"RunConfig": RunConfig, "SweepConfig": Sw
 
 def _allowed_keys(title: str, parent: tuple[Any, ...]) -> list[str]:
     model: Any = _MODELS.get(title)
+    mapping_value = False  # the previous field was dict[str, Model]: this part is a free key
     for part in parent:
+        if mapping_value:
+            mapping_value = False
+            continue
         field = getattr(model, "model_fields", {}).get(str(part))
         if field is None:
             return []
         model = field.annotation
+        args = getattr(model, "__args__", ())
+        if getattr(model, "__origin__", None) is dict and len(args) == 2:
+            model, mapping_value = args[1], True
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return []
     return list(getattr(model, "model_fields", {}))
@@ -387,6 +394,8 @@ def load_sweep_config(path: str | Path) -> SweepConfig:
     """Load and validate a search-space file, including every dotted key in ``search.space``."""
     raw = read_yaml(path)
     sweep: SweepConfig = validate(SweepConfig, raw, str(path))
+    # Cross-field rules of a run (e.g. selector.name=fixed needs weights) apply to the unsearched base too.
+    validate(RunConfig, sweep.base_run(sweep.tasks[0]), str(path))
     # Each searched key must address a real run field, and each of its values must validate there.
     for key, dist in sweep.search.space.items():
         if key == "task" or key.startswith("output_dir"):

@@ -1,0 +1,545 @@
+"""Ray Tune + Ray Train wiring: one search-space YAML -> trials -> Parquet rows.
+
+Shape of a sweep (``run_sweep``):
+
+1. Validate the YAML (:func:`kdray.config.load_sweep_config`) and expand it, before Ray starts. Relative paths
+   in the file (``data.dir``, ``data.cache_dir``, ``teacher.finetuned.*``, ``teacher.cache_dir``,
+   ``selector.init_from``) resolve against the YAML file's folder, so a space file works from any cwd.
+2. ``grid``: the Cartesian product of every ``grid``/``choice`` list x tasks x ``train.seeds`` x
+   ``search.num_samples`` repeats becomes an explicit list of trial configs (``tune.grid_search`` over them).
+   ``optuna``: one study per task (its own Tuner under ``<sweep>/tune_<task>``) with a seeded TPE sampler;
+   trials run with the first of ``train.seeds`` (seed repeats of the best configs are a grid sweep).
+   Optional multi-objective: maximise ``dev_score`` and minimise ``train_seconds``.
+3. Teacher stage: each distinct (teacher, task, teacher.seed, data, max length) is fine-tuned once by
+   :func:`kdray.teacher.get_teacher` with the cache under ``<storage>/teachers`` (shared by sweeps of the same
+   storage), in the driver for local Ray and as a Ray task (with the trial's GPUs) on a cluster.
+4. Each trial is a Tune function trainable holding ``CPU: 0.01``; it launches a ``TorchTrainer`` whose workers
+   run :func:`kdray.distill.train` and report every evaluation (already all-reduced) to Tune through
+   ``TuneReportCallback``; the last report carries the run record and traces. A driver-side Tune callback
+   appends each finished (or failed) trial to ``trials.parquet``/``traces.parquet`` at once.
+
+Resource plan: a trial = a 0.01-CPU trial driver + ``workers_per_trial`` workers of ``cpus_per_worker`` CPUs
+(and ``gpus_per_worker`` GPUs). ``max_concurrent_trials`` = how many such trials fit the cluster's CPUs and
+GPUs, so trial drivers never hold resources their own workers wait for. Local Ray gets one spare logical CPU
+for the (idle) trial drivers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from kdray.config import (
+    ConfigError,
+    Distribution,
+    SweepConfig,
+    apply_overrides,
+    load_sweep_config,
+    run_config_from_dict,
+)
+
+TRIAL_DRIVER_CPU = 0.01  # the Tune trial itself only waits on its TorchTrainer
+RECORD_KEY = "kdray_record"  # last report of a trial: the JSON run record (with traces)
+ERROR_KEY = "kdray_error"
+ENV_PREFIXES = ("HF_", "KDRAY_", "TRANSFORMERS_", "TOKENIZERS_", "OMP_", "MKL_")
+QUIET_ENV = {
+    "RAY_DEDUP_LOGS": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AIR_NEW_OUTPUT": "1",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no TensorBoard/CSV/JSON loggers: Parquet is the record
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+# --------------------------------------------------------------------------- expansion (no Ray)
+
+
+def resolve_paths(sweep: SweepConfig, base: Path) -> SweepConfig:
+    """Make the file's relative paths absolute against ``base`` (the YAML's folder)."""
+
+    def fix(value: str | None) -> str | None:
+        if not value or "://" in value or Path(value).is_absolute():
+            return value
+        return str((base / value).resolve())
+
+    sweep.data.dir = fix(sweep.data.dir)
+    sweep.data.cache_dir = fix(sweep.data.cache_dir)
+    sweep.teacher.cache_dir = fix(sweep.teacher.cache_dir)
+    sweep.teacher.finetuned = {k: fix(v) or v for k, v in sweep.teacher.finetuned.items()}
+    sweep.selector.init_from = fix(sweep.selector.init_from)
+    return sweep
+
+
+def _short_hash(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _grid_values(key: str, dist: Distribution, source: str) -> list[Any]:
+    if dist.kind in ("grid", "choice"):
+        return list(dist.grid if dist.grid is not None else dist.choice)  # type: ignore[arg-type]
+    raise ConfigError(f"{source}: search.space.{key}: {dist.kind} has no finite values for search.mode grid; "
+                      f"use grid/choice lists, or search.mode optuna")
+
+
+def expand_grid(sweep: SweepConfig, source: str = "<sweep>") -> list[dict[str, Any]]:
+    """Every trial of a grid sweep: ``{"trial_key", "task", "params", "run"}`` with ``run`` a full RunConfig dict.
+
+    ``trial_key`` hashes task, seed, searched values and the repeat index: the same YAML gives the same keys, which
+    is what lets ``--resume`` and the Parquet de-duplication recognise a trial.
+    """
+    keys = list(sweep.search.space)
+    value_lists = [_grid_values(k, sweep.search.space[k], source) for k in keys]
+    trials = []
+    for task in sweep.tasks:
+        for combo in itertools.product(*value_lists):
+            params = dict(zip(keys, combo))
+            for seed in sweep.train.seeds:
+                for repeat in range(sweep.search.num_samples):
+                    run = apply_overrides(sweep.base_run(task), {**params, "train.seed": seed}, source=source)
+                    run_config_from_dict(run, f"{source}: trial {task} seed={seed} {params}")
+                    ident = {"task": task, "seed": seed, "params": params, "repeat": repeat}
+                    key = f"{sweep.name}-{task}-s{seed}-{_short_hash(ident)}"
+                    trials.append({"trial_key": key, "task": task, "seed": seed, "repeat": repeat,
+                                   "params": params, "run": run})
+    return trials
+
+
+def _tune_space(sweep: SweepConfig) -> dict[str, Any]:
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key, dist in sweep.search.space.items():
+        if dist.choice is not None or dist.grid is not None:
+            values = list(dist.choice if dist.choice is not None else dist.grid)  # type: ignore[arg-type]
+            # Optuna categoricals hold scalars only: lists (e.g. knowledge.pool) are chosen by index.
+            space[key] = tune.choice(values if all(_scalar(v) for v in values) else list(range(len(values))))
+        elif dist.uniform is not None:
+            space[key] = tune.uniform(*dist.uniform)
+        elif dist.loguniform is not None:
+            space[key] = tune.loguniform(*dist.loguniform)
+        else:
+            low, high = dist.int  # type: ignore[misc]
+            space[key] = tune.randint(low, high + 1)  # inclusive upper bound, as written in the YAML
+    return space
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (int, float, str, bool)) or v is None
+
+
+def _decode_params(sweep: SweepConfig, sampled: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, dist in sweep.search.space.items():
+        value = sampled[key]
+        values = dist.choice if dist.choice is not None else dist.grid
+        if values is not None and not all(_scalar(v) for v in values):
+            value = values[int(value)]
+        out[key] = value
+    return out
+
+
+def describe(sweep: SweepConfig, trials: list[dict[str, Any]] | None) -> str:
+    """What ``--dry-run`` prints."""
+    lines = [f"sweep {sweep.name}: mode={sweep.search.mode} tasks={sweep.tasks} seeds={sweep.train.seeds} "
+             f"metric={sweep.search.metric} ({sweep.search.mode_direction})"]
+    if trials is not None:
+        lines.append(f"{len(trials)} trials")
+        for t in trials:
+            params = " ".join(f"{k}={v}" for k, v in t["params"].items())
+            lines.append(f"  {t['trial_key']}  task={t['task']} seed={t['seed']} repeat={t['repeat']} {params}")
+    else:
+        lines.append(f"optuna (TPE, seed {sweep.search.seed}): {sweep.search.num_samples} trials per task, "
+                     f"one study per task, seed {sweep.train.seeds[0]}"
+                     + (", objectives dev_score max + train_seconds min" if sweep.search.multi_objective else ""))
+        for key, dist in sweep.search.space.items():
+            lines.append(f"  {key}: {dist.kind} {getattr(dist, dist.kind)}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def trial_resources(sweep: SweepConfig) -> dict[str, float]:
+    """CPUs and GPUs one trial holds in total (its driver plus its Train workers)."""
+    r = sweep.resources
+    return {"CPU": TRIAL_DRIVER_CPU + r.workers_per_trial * r.cpus_per_worker,
+            "GPU": r.workers_per_trial * r.gpus_per_worker if r.use_gpu else 0.0}
+
+
+def max_concurrent_trials(sweep: SweepConfig, cluster: dict[str, float], cap: int | None = None) -> int:
+    """How many trials fit ``cluster`` (``ray.cluster_resources()``) at once; ConfigError when not even one."""
+    need = trial_resources(sweep)
+    fits = [math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
+    n = min(fits) if fits else 1
+    if n < 1:
+        raise ConfigError(f"resources: a trial needs {need} but the Ray cluster has "
+                          f"CPU={cluster.get('CPU', 0)} GPU={cluster.get('GPU', 0)}; lower "
+                          f"resources.workers_per_trial/cpus_per_worker/gpus_per_worker or use_gpu")
+    return min(n, cap) if cap else n
+
+
+def _local_num_cpus(sweep: SweepConfig) -> int:
+    r = sweep.resources
+    # Logical CPUs: enough for one trial's workers, plus one spare for the mostly idle trial drivers.
+    return max(os.cpu_count() or 1, math.ceil(r.workers_per_trial * r.cpus_per_worker)) + 1
+
+
+def _worker_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES) or k in ("TOKENIZERS_PARALLELISM",)}
+
+
+# --------------------------------------------------------------------------- inside a trial
+
+
+def _train_loop(cfg: dict[str, Any]) -> None:
+    """Ray Train worker: one kdray.distill.train run, reports forwarded to Tune (rank 0's, already all-reduced)."""
+    import ray.train
+
+    from kdray.distill import train
+
+    config = run_config_from_dict(cfg["run"], f"trial {cfg['trial_id']}")
+    rank = ray.train.get_context().get_world_rank()
+    ckpt_dir = Path(config.output_dir) / "checkpoint"
+    seen = {"mtime": None}
+
+    def report(metrics: dict[str, Any]) -> None:
+        checkpoint = None
+        path = ckpt_dir / "checkpoint.pt"
+        if rank == 0 and path.is_file() and path.stat().st_mtime != seen["mtime"]:
+            seen["mtime"] = path.stat().st_mtime  # upload a checkpoint only when the loop wrote a new one
+            checkpoint = ray.train.Checkpoint.from_directory(str(ckpt_dir))
+        ray.train.report(_finite(metrics), checkpoint=checkpoint)
+
+    resume = ray.train.get_checkpoint()
+    with resume.as_directory() if resume is not None else _nullcontext() as resume_dir:
+        result = train(config, teacher_path=cfg["teacher_path"], report=report, resume_from=resume_dir)
+    record = {**result.record(), "traces": result.traces}
+    ray.train.report({"dev_score": result.dev_score, "train_seconds": result.train_seconds,
+                      "step": result.train_steps, RECORD_KEY: json.dumps(record, default=float)})
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in metrics.items()}
+
+
+def _trial_fn(config: dict[str, Any]) -> None:
+    """The Tune function trainable: builds the trial's run and launches its TorchTrainer."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    ctx = config["ctx"]
+    sweep = SweepConfig.model_validate(ctx["sweep"])
+    if "trial" in config:  # grid: an explicit trial
+        trial = config["trial"]
+        trial_id, run, params = trial["trial_key"], trial["run"], trial["params"]
+    else:  # optuna: sampled values; Tune's trial id (persisted through restore) names the trial
+        params = _decode_params(sweep, {k: config[k] for k in sweep.search.space})
+        trial_id = f"{sweep.name}-{ctx['task']}-{tune.get_context().get_trial_id()}"
+        run = apply_overrides(sweep.base_run(ctx["task"]), {**params, "train.seed": sweep.train.seeds[0]})
+    run["output_dir"] = str(Path(ctx["trials_dir"]) / trial_id)
+    run["train"]["progress"] = False
+    teacher_path = ctx["teachers"].get(_teacher_id(run))
+    if teacher_path is None:  # a searched teacher/data setting: fine-tune (or reuse) it here, under the lock
+        from kdray.teacher import get_teacher
+
+        teacher_path = str(get_teacher(run["task"], run_config_from_dict(run), ctx["teacher_root"]).path)
+    r = sweep.resources
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"run": run, "trial_id": trial_id, "teacher_path": teacher_path},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r.workers_per_trial, use_gpu=r.use_gpu,
+            resources_per_worker={"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=trial_id, storage_path=ctx["train_storage"], callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=sweep.search.max_failures)),
+    )
+    tune.report({"kdray_trial_id": trial_id, "kdray_params": json.dumps(params, default=str)})
+    try:
+        trainer.fit()
+    except Exception as err:  # NaN loss, OOM, a crashed worker: the trial is recorded as ERROR, the sweep goes on
+        cause = err.__cause__ or err
+        tune.report({"kdray_trial_id": trial_id, ERROR_KEY: f"{type(cause).__name__}: {cause}"[:2000]})
+
+
+def _teacher_id(run: dict[str, Any]) -> str:
+    return _short_hash({"task": run["task"], "teacher": run["teacher"], "data": run["data"],
+                        "max_seq_length": run["train"]["max_seq_length"]})
+
+
+# --------------------------------------------------------------------------- recording (driver side)
+
+
+def _make_recorder(sweep_dir: str, sweep_name: str, started: dict[str, str]) -> Any:
+    from ray.tune import Callback
+
+    class ParquetRecorder(Callback):
+        """Appends each finished or failed trial's row (and traces) as soon as Tune learns of it."""
+
+        def __init__(self) -> None:
+            self.sweep_dir, self.sweep_name = sweep_dir, sweep_name
+            self.started: dict[str, str] = dict(started)
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.started[trial.trial_id] = _now()
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._write(trial, trial.last_result or {}, None)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._write(trial, trial.last_result or {}, str(getattr(trial, "error_file", "") or "trial raised"))
+
+        def _write(self, trial: Any, last: dict[str, Any], error: str | None) -> None:
+            from kdray import results
+
+            row, traces = trial_row(self.sweep_name, trial.config, last, error,
+                                    self.started.get(trial.trial_id, ""), _now())
+            if traces:
+                results.append_traces(self.sweep_dir, traces)
+            results.append_trials(self.sweep_dir, [row])
+            print(f"[kdray] {row['trial_id']}: {row['status']} dev_score={row['dev_score']}"
+                  + (f" error={row['error'][:200]}" if row["error"] else ""), flush=True)
+
+    return ParquetRecorder()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def trial_row(sweep_name: str, config: dict[str, Any], last: dict[str, Any], error: str | None,
+              started_at: str, finished_at: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One trials.parquet row (and its traces) from a trial's config and last Tune result."""
+    trial_id = last.get("kdray_trial_id") or config.get("trial", {}).get("trial_key") or "unknown"
+    params = json.loads(last["kdray_params"]) if "kdray_params" in last else config.get("trial", {}).get("params", {})
+    record = json.loads(last[RECORD_KEY]) if RECORD_KEY in last else {}
+    error = last.get(ERROR_KEY) or error
+    status = "ERROR" if error else ("TERMINATED" if record else "STOPPED")
+    traces = [{"trial_id": trial_id, **t} for t in record.pop("traces", [])]
+    row: dict[str, Any] = {
+        "sweep": sweep_name, "trial_id": trial_id, "status": status, "error": error or "",
+        "task": record.get("task", config.get("trial", {}).get("task") or config.get("ctx", {}).get("task")),
+        "dev_score": record.get("dev_score", last.get("dev_score", math.nan)),
+        "started_at": started_at, "finished_at": finished_at,
+    }
+    for key in ("metric_name", "dev_metrics", "teacher_score", "method", "action", "knowledge_pool", "phase_steps",
+                "reward_shaping", "seed", "teacher", "student", "student_params", "train_steps", "train_seconds",
+                "samples_per_second"):
+        row[key] = record.get(key)
+    for key, value in params.items():
+        row[key] = value
+    return row, traces
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(space_path: str, address: str | None = None, storage: str | None = None, name: str | None = None,
+              resume: bool = False, dry_run: bool = False, max_concurrent: int | None = None,
+              num_samples: int | None = None) -> int:
+    """Run (or with ``dry_run`` print) the sweep in ``space_path``; returns the process exit code.
+
+    Args:
+        space_path: the search-space YAML.
+        address: None = start a local Ray (dashboard off); ``auto`` or ``ray://host:port`` = connect to a cluster.
+        storage: results root, a path or URI (default ``./runs``); results go under ``<storage>/<name>/``.
+        name: sweep name (default: the YAML's ``name``).
+        resume: continue an interrupted sweep (finished trials are not re-run; running ones resume from checkpoints).
+        dry_run: print the expanded trials (grid) or the space (optuna) and exit 0 without Ray.
+        max_concurrent: at most this many trials at once (default: as many as the cluster's resources fit).
+        num_samples: override ``search.num_samples``.
+
+    Returns:
+        0 when every trial finished, 1 when some trial is recorded as ERROR, 2 for a bad configuration.
+    """
+    try:
+        sweep = resolve_paths(load_sweep_config(space_path), Path(space_path).resolve().parent)
+        if num_samples is not None:
+            if num_samples < 1:
+                raise ConfigError(f"--num-samples {num_samples}: must be >= 1")
+            sweep.search.num_samples = num_samples
+        if name is not None:
+            sweep.name = name
+        trials = expand_grid(sweep, str(space_path)) if sweep.search.mode == "grid" else None
+        if sweep.search.mode == "optuna" and sweep.search.multi_objective and sweep.search.scheduler.type == "asha":
+            raise ConfigError(f"{space_path}: search.scheduler.type: asha needs one objective; "
+                              f"set search.multi_objective: false or scheduler type none")
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    if dry_run:
+        print(describe(sweep, trials))
+        return 0
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    storage = storage or str(Path("runs").resolve())
+    is_uri = "://" in storage
+    if not is_uri:
+        storage = str(Path(storage).resolve())
+    sweep_dir = f"{storage.rstrip('/')}/{sweep.name}"
+    runtime_env = {"env_vars": _worker_env()}
+    if address is None:
+        ray.init(num_cpus=_local_num_cpus(sweep), num_gpus=0 if not sweep.resources.use_gpu else None,
+                 include_dashboard=False, dashboard_host="127.0.0.1", runtime_env=runtime_env,
+                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    else:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="WARNING")
+    t0 = time.time()
+    try:
+        concurrent = max_concurrent_trials(sweep, ray.cluster_resources(), max_concurrent)
+        teachers = _teacher_stage(sweep, trials, storage, is_uri, local=address is None)
+        failed = 0
+        tasks = [None] if trials is not None else sweep.tasks
+        for task in tasks:
+            failed += _run_tuner(sweep, trials, task, storage, sweep_dir, teachers, concurrent, resume, is_uri)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    finally:
+        if address is None:
+            ray.shutdown()
+    _summary(sweep, sweep_dir, time.time() - t0)
+    return 1 if failed else 0
+
+
+def _teacher_root(sweep: SweepConfig, storage: str, is_uri: bool) -> str:
+    if sweep.teacher.cache_dir:
+        return sweep.teacher.cache_dir
+    if is_uri:  # teachers are folders that every worker opens: keep them on a path, not an object store
+        from kdray.paths import cache_root
+
+        print("[kdray] storage is a URI: teachers are cached under each node's kdray cache; set teacher.cache_dir "
+              "to a shared path (NFS) on multi-node clusters", flush=True)
+        return str(cache_root())
+    return storage
+
+
+def _teacher_stage(sweep: SweepConfig, trials: list[dict[str, Any]] | None, storage: str, is_uri: bool,
+                   local: bool) -> dict[str, str]:
+    """Fine-tune (or find) each distinct teacher once; returns teacher id -> folder."""
+    import ray
+
+    from kdray.teacher import get_teacher
+
+    root = _teacher_root(sweep, storage, is_uri)
+    runs = [t["run"] for t in trials] if trials is not None else [
+        apply_overrides(sweep.base_run(task), {"train.seed": sweep.train.seeds[0]}) for task in sweep.tasks]
+    distinct = {_teacher_id(run): run for run in runs}
+    out: dict[str, str] = {}
+    if local:
+        for tid, run in distinct.items():
+            t = time.time()
+            found = get_teacher(run["task"], run_config_from_dict(run), root)
+            out[tid] = str(found.path)
+            print(f"[kdray] teacher {run['task']}: {found.path} (score {found.score:.4f}, {time.time() - t:.1f}s)",
+                  flush=True)
+        return out
+    r = sweep.resources
+    remote = ray.remote(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker if r.use_gpu else 0)(
+        lambda run: str(get_teacher(run["task"], run_config_from_dict(run), root).path))
+    refs = {tid: remote.remote(run) for tid, run in distinct.items()}
+    return {tid: ray.get(ref) for tid, ref in refs.items()}
+
+
+def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: str | None, storage: str,
+               sweep_dir: str, teachers: dict[str, str], concurrent: int, resume: bool, is_uri: bool) -> int:
+    """One Tuner (the grid, or one task's Optuna study); returns how many of its trials ended in ERROR."""
+    from ray import tune
+
+    tuner_name = "tune" if task is None else f"tune_{task}"
+    trials_dir = f"{sweep_dir}/trials" if not is_uri else str(Path(tempfile.gettempdir()) / "kdray_trials" / sweep.name)
+    ctx = {"sweep": sweep.model_dump(), "task": task, "teachers": teachers, "trials_dir": trials_dir,
+           "train_storage": f"{sweep_dir}/train", "teacher_root": _teacher_root(sweep, storage, is_uri)}
+    trainable = tune.with_resources(_trial_fn, {"CPU": TRIAL_DRIVER_CPU})
+    path = f"{sweep_dir}/{tuner_name}"
+    if resume and tune.Tuner.can_restore(path):
+        print(f"[kdray] resuming {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+    else:
+        if not resume and not is_uri and (Path(path) / "tuner.pkl").exists():
+            raise ConfigError(f"{path} already holds this sweep; pass --resume to continue it or --name NEW")
+        search = sweep.search
+        metric: Any = search.metric
+        mode: Any = search.mode_direction
+        scheduler = None
+        search_alg = None
+        if search.scheduler.type == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=search.scheduler.grace_period,
+                                      reduction_factor=search.scheduler.reduction_factor)
+        if trials is not None:
+            param_space: dict[str, Any] = {"ctx": ctx, "trial": tune.grid_search(trials)}
+            num_samples = 1
+        else:
+            import optuna
+            from ray.tune.search import ConcurrencyLimiter
+            from ray.tune.search.optuna import OptunaSearch
+
+            if search.multi_objective:
+                metric, mode = [search.metric, "train_seconds"], [search.mode_direction, "min"]
+            sampler = optuna.samplers.TPESampler(seed=search.seed)
+            optuna_search = (OptunaSearch(metric=metric, mode=mode, sampler=sampler) if search.multi_objective
+                             else OptunaSearch(sampler=sampler))  # single objective: metric from TuneConfig
+            search_alg = ConcurrencyLimiter(optuna_search, max_concurrent=concurrent)
+            param_space = {"ctx": ctx, **_tune_space(sweep)}
+            num_samples = search.num_samples
+        multi = isinstance(metric, list)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=None if multi else metric, mode=None if multi else mode,
+                num_samples=num_samples, max_concurrent_trials=concurrent, search_alg=search_alg,
+                scheduler=scheduler, reuse_actors=False),
+            run_config=tune.RunConfig(
+                name=tuner_name, storage_path=sweep_dir,
+                callbacks=[_make_recorder(sweep_dir, sweep.name, {})],
+                failure_config=tune.FailureConfig(max_failures=0),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=1),
+        )
+    grid = tuner.fit()
+    return sum(1 for r in grid if r.error is not None or (r.metrics or {}).get(ERROR_KEY))
+
+
+def _summary(sweep: SweepConfig, sweep_dir: str, seconds: float) -> None:
+    try:
+        from kdray.results import load
+
+        trials, _ = load(sweep_dir)
+    except Exception as err:  # the summary is a convenience; the Parquet files are the record
+        print(f"[kdray] sweep {sweep.name} done in {seconds:.0f}s; results under {sweep_dir} ({err})")
+        return
+    ok = trials[trials["status"] == "TERMINATED"]
+    print(f"[kdray] sweep {sweep.name}: {len(trials)} trials ({len(ok)} finished, "
+          f"{int((trials['status'] == 'ERROR').sum())} errors) in {seconds:.0f}s")
+    if len(ok):
+        best = ok.sort_values("dev_score", ascending=sweep.search.mode_direction == "min").iloc[0]
+        print(f"[kdray] best: {best['trial_id']} {best['task']} dev_score={best['dev_score']:.4f} "
+              f"method={best['method']}")
+    print(f"[kdray] results: {sweep_dir}/trials.parquet, {sweep_dir}/traces.parquet")
