@@ -1,0 +1,132 @@
+"""Results storage: schema, de-duplication, crash-safe writes, concurrent appends, load()."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from kdray import results
+from kdray.results import append_traces, append_trials, load, trace_rows, trial_row
+
+
+def _result(task: str = "rte", score: float = 0.6, seed: int = 1) -> dict:
+    return {
+        "task": task, "metric_name": "accuracy", "dev_score": score, "dev_metrics": {"accuracy": score},
+        "teacher_score": 0.7, "method": "actor_critic_soft", "action": "soft",
+        "knowledge_pool": ["finetune", "response"], "phase_steps": 10,
+        "reward_shaping": {"reward_set": "train_holdout", "exploration": 0.1, "cost": 0.0, "normalize": True,
+                           "clip": 5.0, "scale": 1.0, "eval_examples": 256},
+        "seed": seed, "teacher": "/t", "student": "s", "student_params": 1000, "train_steps": 30,
+        "train_seconds": 1.5, "samples_per_second": 20.0, "selector_seconds": 0.1,
+        "traces": [{"step": 10, "phase": 0, "episode": 0, "knowledge": "finetune", "weight": 0.5, "reward": 0.1,
+                    "q_value": 0.0, "reward_set_loss": 0.7},
+                   {"step": 10, "phase": 0, "episode": -1, "knowledge": "finetune", "weight": 0.9, "reward": 0.2,
+                    "q_value": 0.1, "reward_set_loss": 0.6}],
+    }
+
+
+def _row(tid: str, score: float = 0.6, **searched: object) -> dict:
+    return trial_row("sw", tid, _result(score=score), searched or {"selector.phase_steps": 10},
+                     started_at="2026-01-01T00:00:00Z", finished_at=1767225660.0)
+
+
+def test_schema_and_load_roundtrip(tmp_path: Path) -> None:
+    append_trials(tmp_path, [_row("a", **{"selector.phase_steps": 10, "knowledge.pool": ["finetune", "response"]})])
+    append_traces(tmp_path, trace_rows("a", _result()["traces"]))
+    raw = pd.read_parquet(tmp_path / "trials.parquet")  # plain pandas reads it
+    assert list(raw.columns[: len(results.TRIAL_COLUMNS)]) == list(results.TRIAL_COLUMNS)
+    assert raw.loc[0, "knowledge.pool"] == '["finetune", "response"]'  # list-valued search column as JSON
+    assert raw.loc[0, "selector.phase_steps"] == 10
+    schema = pq.read_schema(tmp_path / "trials.parquet")
+    assert str(schema.field("knowledge_pool").type) == "list<element: string>"
+    assert str(schema.field("started_at").type) == "timestamp[us, tz=UTC]"
+    trials, traces = load(tmp_path)
+    assert trials.loc[0, "dev_metrics"] == {"accuracy": 0.6}
+    assert trials.loc[0, "knowledge_pool"] == ["finetune", "response"]
+    assert trials.loc[0, "reward_shaping"]["exploration"] == 0.1
+    assert trials.loc[0, "finished_at"] == pd.Timestamp("2026-01-01T00:01:00Z")
+    assert list(traces["stage"]) == [1, 2] and list(traces["episode"]) == [0, -1]
+    assert set(results.TRACE_COLUMNS) <= set(traces.columns)
+    # load also accepts the trials file itself
+    assert len(load(tmp_path / "trials.parquet")[0]) == 1
+
+
+def test_load_parent_with_one_and_two_sweeps(tmp_path: Path) -> None:
+    append_trials(tmp_path / "one", [_row("a")])
+    assert load(tmp_path)[0]["trial_id"].tolist() == ["a"]
+    append_trials(tmp_path / "two", [_row("b")])
+    with pytest.raises(ValueError, match="several sweeps"):
+        load(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing")
+
+
+def test_reappend_replaces_row_and_traces(tmp_path: Path) -> None:
+    append_trials(tmp_path, [_row("a", 0.5), _row("b", 0.6)])
+    append_traces(tmp_path, trace_rows("a", _result()["traces"]) + trace_rows("b", _result()["traces"]))
+    append_trials(tmp_path, [_row("a", 0.9)])
+    append_traces(tmp_path, trace_rows("a", _result()["traces"][:1]))
+    trials, traces = load(tmp_path)
+    assert sorted(trials["trial_id"]) == ["a", "b"]
+    assert trials.set_index("trial_id").loc["a", "dev_score"] == 0.9
+    assert traces.groupby("trial_id").size().to_dict() == {"a": 1, "b": 2}
+
+
+def test_failed_trial_row_without_result(tmp_path: Path) -> None:
+    row = trial_row("sw", "x", {}, {"train.lr": 1e-4}, status="ERROR", error="OOM")
+    append_trials(tmp_path, [row, _row("ok")])
+    trials, _ = load(tmp_path)
+    bad = trials.set_index("trial_id").loc["x"]
+    assert bad["status"] == "ERROR" and bad["error"] == "OOM" and pd.isna(bad["dev_score"])
+    with pytest.raises(ValueError, match="collides"):
+        trial_row("sw", "y", {}, {"dev_score": 1.0})
+
+
+def test_crash_during_write_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    append_trials(tmp_path, [_row("a")])
+    before = (tmp_path / "trials.parquet").read_bytes()
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise OSError("disk died mid-rename")
+
+    monkeypatch.setattr(results.os, "replace", boom)
+    with pytest.raises(OSError, match="disk died"):
+        append_trials(tmp_path, [_row("b")])
+    monkeypatch.undo()
+    assert (tmp_path / "trials.parquet").read_bytes() == before
+    assert load(tmp_path)[0]["trial_id"].tolist() == ["a"]
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # no temp file left behind
+
+    def half_write(table: object, where: object, **kwargs: object) -> None:
+        where.write(b"PAR1 half")  # type: ignore[attr-defined]
+        raise RuntimeError("killed while writing")
+
+    monkeypatch.setattr(results.pq, "write_table", half_write)
+    with pytest.raises(RuntimeError):
+        append_trials(tmp_path, [_row("c")])
+    monkeypatch.undo()
+    assert load(tmp_path)[0]["trial_id"].tolist() == ["a"]
+
+
+def _append_many(sweep_dir: str, prefix: str, n: int) -> None:
+    for i in range(n):
+        append_trials(sweep_dir, [_row(f"{prefix}{i}", 0.5 + i / 100)])
+        append_traces(sweep_dir, trace_rows(f"{prefix}{i}", _result()["traces"]))
+
+
+def test_concurrent_appends_lose_nothing(tmp_path: Path) -> None:
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(str(tmp_path), p, 15)) for p in ("p", "q")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    trials, traces = load(tmp_path)
+    assert sorted(trials["trial_id"]) == sorted([f"p{i}" for i in range(15)] + [f"q{i}" for i in range(15)])
+    assert len(traces) == 60
