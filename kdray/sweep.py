@@ -26,6 +26,7 @@ for the (idle) trial drivers.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -55,7 +56,6 @@ QUIET_ENV = {
     "RAY_DEDUP_LOGS": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AIR_NEW_OUTPUT": "1",
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no TensorBoard/CSV/JSON loggers: Parquet is the record
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
     "TOKENIZERS_PARALLELISM": "false",
 }
@@ -137,9 +137,9 @@ def _scalar(v: Any) -> bool:
     return isinstance(v, (int, float, str, bool)) or v is None
 
 
-def _decode_params(sweep: SweepConfig, sampled: dict[str, Any]) -> dict[str, Any]:
+def _decode_params_space(space: dict[str, Distribution], sampled: dict[str, Any]) -> dict[str, Any]:
     out = {}
-    for key, dist in sweep.search.space.items():
+    for key, dist in space.items():
         value = sampled[key]
         values = dist.choice if dist.choice is not None else dist.grid
         if values is not None and not all(_scalar(v) for v in values):
@@ -240,21 +240,28 @@ def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in metrics.items()}
 
 
-def _trial_fn(config: dict[str, Any]) -> None:
+def trial_identity(sweep_name: str, config: dict[str, Any], ctx_task: str | None, tune_trial_id: str,
+                   space: dict[str, Distribution]) -> tuple[str, dict[str, Any]]:
+    """(trial_id, searched values): the grid's config hash, or the Tune trial id (persisted through restore)."""
+    if "trial" in config:
+        return config["trial"]["trial_key"], config["trial"]["params"]
+    sweep_params = _decode_params_space(space, {k: config[k] for k in space})
+    return f"{sweep_name}-{ctx_task}-{tune_trial_id}", sweep_params
+
+
+def _trial_fn(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """The Tune function trainable: builds the trial's run and launches its TorchTrainer."""
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    ctx = config["ctx"]
     sweep = SweepConfig.model_validate(ctx["sweep"])
+    trial_id, params = trial_identity(sweep.name, config, ctx["task"], tune.get_context().get_trial_id(),
+                                      sweep.search.space)
     if "trial" in config:  # grid: an explicit trial
-        trial = config["trial"]
-        trial_id, run, params = trial["trial_key"], trial["run"], trial["params"]
-    else:  # optuna: sampled values; Tune's trial id (persisted through restore) names the trial
-        params = _decode_params(sweep, {k: config[k] for k in sweep.search.space})
-        trial_id = f"{sweep.name}-{ctx['task']}-{tune.get_context().get_trial_id()}"
+        run = copy.deepcopy(config["trial"]["run"])
+    else:  # optuna: sampled values over the task's base run
         run = apply_overrides(sweep.base_run(ctx["task"]), {**params, "train.seed": sweep.train.seeds[0]})
     run["output_dir"] = str(Path(ctx["trials_dir"]) / trial_id)
     run["train"]["progress"] = False
@@ -274,12 +281,17 @@ def _trial_fn(config: dict[str, Any]) -> None:
             name=trial_id, storage_path=ctx["train_storage"], callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=sweep.search.max_failures)),
     )
-    tune.report({"kdray_trial_id": trial_id, "kdray_params": json.dumps(params, default=str)})
     try:
         trainer.fit()
     except Exception as err:  # NaN loss, OOM, a crashed worker: the trial is recorded as ERROR, the sweep goes on
         cause = err.__cause__ or err
-        tune.report({"kdray_trial_id": trial_id, ERROR_KEY: f"{type(cause).__name__}: {cause}"[:2000]})
+        tune.report({"dev_score": math.nan, "train_seconds": math.nan,
+                     ERROR_KEY: f"{type(cause).__name__}: {cause}"[:2000]})
+
+
+def _trial_dirname(trial: Any) -> str:
+    key = trial.config.get("trial", {}).get("trial_key")
+    return f"{key}-{trial.trial_id}" if key else f"trial-{trial.trial_id}"
 
 
 def _teacher_id(run: dict[str, Any]) -> str:
@@ -290,15 +302,16 @@ def _teacher_id(run: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- recording (driver side)
 
 
-def _make_recorder(sweep_dir: str, sweep_name: str, started: dict[str, str]) -> Any:
+def _make_recorder(sweep_dir: str, sweep: SweepConfig, task: str | None) -> Any:
     from ray.tune import Callback
 
     class ParquetRecorder(Callback):
         """Appends each finished or failed trial's row (and traces) as soon as Tune learns of it."""
 
         def __init__(self) -> None:
-            self.sweep_dir, self.sweep_name = sweep_dir, sweep_name
-            self.started: dict[str, str] = dict(started)
+            self.sweep_dir, self.sweep_name, self.task = sweep_dir, sweep.name, task
+            self.space = sweep.search.space
+            self.started: dict[str, str] = {}
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.started[trial.trial_id] = _now()
@@ -312,7 +325,9 @@ def _make_recorder(sweep_dir: str, sweep_name: str, started: dict[str, str]) -> 
         def _write(self, trial: Any, last: dict[str, Any], error: str | None) -> None:
             from kdray import results
 
-            row, traces = trial_row(self.sweep_name, trial.config, last, error,
+            trial_id, params = trial_identity(self.sweep_name, trial.config, self.task, trial.trial_id, self.space)
+            task = trial.config["trial"]["task"] if "trial" in trial.config else self.task
+            row, traces = trial_row(self.sweep_name, trial_id, task, params, last, error,
                                     self.started.get(trial.trial_id, ""), _now())
             if traces:
                 results.append_traces(self.sweep_dir, traces)
@@ -327,27 +342,19 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def trial_row(sweep_name: str, config: dict[str, Any], last: dict[str, Any], error: str | None,
-              started_at: str, finished_at: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One trials.parquet row (and its traces) from a trial's config and last Tune result."""
-    trial_id = last.get("kdray_trial_id") or config.get("trial", {}).get("trial_key") or "unknown"
-    params = json.loads(last["kdray_params"]) if "kdray_params" in last else config.get("trial", {}).get("params", {})
+def trial_row(sweep_name: str, trial_id: str, task: str | None, params: dict[str, Any], last: dict[str, Any],
+              error: str | None, started_at: str, finished_at: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One trials.parquet row (and its trace rows) from a trial's identity and last Tune result."""
+    from kdray import results
+
     record = json.loads(last[RECORD_KEY]) if RECORD_KEY in last else {}
     error = last.get(ERROR_KEY) or error
-    status = "ERROR" if error else ("TERMINATED" if record else "STOPPED")
-    traces = [{"trial_id": trial_id, **t} for t in record.pop("traces", [])]
-    row: dict[str, Any] = {
-        "sweep": sweep_name, "trial_id": trial_id, "status": status, "error": error or "",
-        "task": record.get("task", config.get("trial", {}).get("task") or config.get("ctx", {}).get("task")),
-        "dev_score": record.get("dev_score", last.get("dev_score", math.nan)),
-        "started_at": started_at, "finished_at": finished_at,
-    }
-    for key in ("metric_name", "dev_metrics", "teacher_score", "method", "action", "knowledge_pool", "phase_steps",
-                "reward_shaping", "seed", "teacher", "student", "student_params", "train_steps", "train_seconds",
-                "samples_per_second"):
-        row[key] = record.get(key)
-    for key, value in params.items():
-        row[key] = value
+    status = "ERROR" if error else ("TERMINATED" if record else "STOPPED")  # STOPPED: ended early by ASHA
+    traces = results.trace_rows(trial_id, record.pop("traces", []))
+    if not record:  # failed or stopped: keep what is known of it
+        record = {"task": task, "dev_score": last.get("dev_score", math.nan)}
+    row = results.trial_row(sweep_name, trial_id, record, params, status=status, error=error,
+                            started_at=started_at or None, finished_at=finished_at)
     return row, traces
 
 
@@ -473,7 +480,7 @@ def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: st
     trials_dir = f"{sweep_dir}/trials" if not is_uri else str(Path(tempfile.gettempdir()) / "kdray_trials" / sweep.name)
     ctx = {"sweep": sweep.model_dump(), "task": task, "teachers": teachers, "trials_dir": trials_dir,
            "train_storage": f"{sweep_dir}/train", "teacher_root": _teacher_root(sweep, storage, is_uri)}
-    trainable = tune.with_resources(_trial_fn, {"CPU": TRIAL_DRIVER_CPU})
+    trainable = tune.with_resources(tune.with_parameters(_trial_fn, ctx=ctx), {"CPU": TRIAL_DRIVER_CPU})
     path = f"{sweep_dir}/{tuner_name}"
     if resume and tune.Tuner.can_restore(path):
         print(f"[kdray] resuming {path}", flush=True)
@@ -493,7 +500,7 @@ def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: st
             scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=search.scheduler.grace_period,
                                       reduction_factor=search.scheduler.reduction_factor)
         if trials is not None:
-            param_space: dict[str, Any] = {"ctx": ctx, "trial": tune.grid_search(trials)}
+            param_space: dict[str, Any] = {"trial": tune.grid_search(trials)}
             num_samples = 1
         else:
             import optuna
@@ -506,7 +513,7 @@ def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: st
             optuna_search = (OptunaSearch(metric=metric, mode=mode, sampler=sampler) if search.multi_objective
                              else OptunaSearch(sampler=sampler))  # single objective: metric from TuneConfig
             search_alg = ConcurrencyLimiter(optuna_search, max_concurrent=concurrent)
-            param_space = {"ctx": ctx, **_tune_space(sweep)}
+            param_space = _tune_space(sweep)
             num_samples = search.num_samples
         multi = isinstance(metric, list)
         tuner = tune.Tuner(
@@ -515,10 +522,11 @@ def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: st
             tune_config=tune.TuneConfig(
                 metric=None if multi else metric, mode=None if multi else mode,
                 num_samples=num_samples, max_concurrent_trials=concurrent, search_alg=search_alg,
-                scheduler=scheduler, reuse_actors=False),
+                scheduler=scheduler, reuse_actors=False,
+                trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
             run_config=tune.RunConfig(
                 name=tuner_name, storage_path=sweep_dir,
-                callbacks=[_make_recorder(sweep_dir, sweep.name, {})],
+                callbacks=[_make_recorder(sweep_dir, sweep, task)],
                 failure_config=tune.FailureConfig(max_failures=0),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=1),
