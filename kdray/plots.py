@@ -1,0 +1,189 @@
+"""Report figures (PNG, matplotlib Agg): selected weights over steps, reward-set loss, and search history.
+
+Kept apart from :mod:`kdray.report` so tables never pay for importing matplotlib or optuna.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from kdray.results import TRIAL_COLUMNS  # noqa: E402
+
+VARYING_METHODS = ("random_hard", "random_soft", "actor_critic_hard", "actor_critic_soft", "actor_critic")
+_LABELS = {"finetune": "Finetune", "vanilla_kd": "Vanilla KD", "pkd": "PKD", "all": "All", "fixed": "Fixed",
+           "random_hard": "Random-Hard", "random_soft": "Random-Soft", "actor_critic_hard": "AC-Hard",
+           "actor_critic_soft": "AC-Soft"}
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def searched_columns(trials: pd.DataFrame) -> list[str]:
+    """Searched-parameter columns: the dotted keys appended after the fixed schema."""
+    return [c for c in trials.columns if c not in TRIAL_COLUMNS and "." in c]
+
+
+def _joined(traces: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    ok = trials[trials["status"] != "ERROR"][["trial_id", "task", "method", "seed"]]
+    return traces.merge(ok, on="trial_id", how="inner")
+
+
+def plot_weights(trials: pd.DataFrame, traces: pd.DataFrame, out: Path) -> list[Path]:
+    """Per task and varying selector: mean (over seeds) weight of each kind against the step."""
+    written: list[Path] = []
+    df = _joined(traces, trials)
+    for (task, method), g in df.groupby(["task", "method"]):
+        if g.groupby("knowledge")["weight"].nunique().max() <= 1:  # static selectors: nothing to show
+            continue
+        stage = 2 if (g["stage"] == 2).any() else 1  # the final run; stage-1 episodes only when that is all
+        g = g[g["stage"] == stage]
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        for kind, gk in g.groupby("knowledge"):
+            curve = gk.groupby("step")["weight"].agg(["mean", "std", "count"]).sort_index()
+            ax.plot(curve.index, curve["mean"], marker="o", markersize=3, label=str(kind))
+            band = curve["std"].fillna(0.0)
+            ax.fill_between(curve.index, curve["mean"] - band, curve["mean"] + band, alpha=0.15)
+        n_seeds = g["seed"].nunique()
+        ax.set(title=f"{task}: {_LABELS.get(method, method)} selected weights "
+                     f"({'final run' if stage == 2 else 'stage-1 episodes'}, mean over {n_seeds} seed(s))",
+               xlabel="training step", ylabel="weight", ylim=(-0.05, 1.05))
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=8, loc="best")
+        ax.grid(alpha=0.3)
+        path = out / f"weights_{_safe(str(task))}_{_safe(str(method))}.png"
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_reward_set_loss(trials: pd.DataFrame, traces: pd.DataFrame, out: Path) -> list[Path]:
+    """Per task: reward-set loss at each phase end, one line per method (final run, mean over seeds)."""
+    written: list[Path] = []
+    df = _joined(traces, trials)
+    df = df[df["reward_set_loss"].notna()]
+    for task, g in df.groupby("task"):
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        for method, gm in sorted(g.groupby("method"), key=lambda kv: str(kv[0])):
+            stage = 2 if (gm["stage"] == 2).any() else 1
+            per_phase = gm[gm["stage"] == stage].drop_duplicates(["trial_id", "stage", "episode", "step"])
+            curve = per_phase.groupby("step")["reward_set_loss"].mean().sort_index()
+            ax.plot(curve.index, curve.values, marker=".", label=_LABELS.get(method, str(method)))
+        ax.set(title=f"{task}: reward-set loss per phase (mean over seeds)", xlabel="training step",
+               ylabel="reward-set cross-entropy")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        path = out / f"reward_set_loss_{_safe(str(task))}.png"
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _varying(trials: pd.DataFrame) -> list[str]:
+    return [c for c in searched_columns(trials) if trials[c].astype(str).nunique() > 1]
+
+
+def is_search(trials: pd.DataFrame) -> bool:
+    """An optimisation history is worth plotting: an optuna sweep, or a searched column that varies."""
+    if "search_mode" in trials and (trials["search_mode"] == "optuna").any():
+        return True
+    return bool(_varying(trials))
+
+
+def plot_history(trials: pd.DataFrame, out: Path) -> list[Path]:
+    """Dev score against trial order (started_at) with the running best, per task."""
+    done = trials[(trials["status"] != "ERROR") & trials["dev_score"].notna()].sort_values("started_at")
+    if done.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for task, g in done.groupby("task"):
+        idx = np.arange(1, len(g) + 1)
+        scores = g["dev_score"].to_numpy(dtype=float) * 100
+        pts = ax.scatter(idx, scores, s=18, alpha=0.7, label=f"{task} trials")
+        ax.step(idx, np.maximum.accumulate(scores), where="post", color=pts.get_facecolor()[0],
+                label=f"{task} running best")
+    ax.set(title="Optimisation history", xlabel="trial (by start time)", ylabel="dev score ×100")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    path = out / "optimisation_history.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]
+
+
+def param_importances(trials: pd.DataFrame) -> dict[str, float]:
+    """fANOVA importances of the searched parameters for dev_score (optuna), {} when not computable."""
+    import optuna
+
+    done = trials[(trials["status"] != "ERROR") & trials["dev_score"].notna()]
+    cols = _varying(done)
+    numeric = [c for c in cols if pd.api.types.is_numeric_dtype(done[c])]
+    if len(done) < 4 or not numeric:
+        return {}
+    dists: dict[str, Any] = {}
+    for c in cols:
+        if c in numeric:
+            lo, hi = float(done[c].min()), float(done[c].max())
+            dists[c] = optuna.distributions.FloatDistribution(lo, hi)
+        else:
+            dists[c] = optuna.distributions.CategoricalDistribution(sorted(done[c].astype(str).unique()))
+    study = optuna.create_study(direction="maximize")
+    for _, r in done.iterrows():
+        params = {}
+        for c in cols:
+            v = r[c]
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                break
+            params[c] = float(v) if c in numeric else str(v)
+        else:
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
+                                                      value=float(r["dev_score"])))
+    if len(study.trials) < 4:
+        return {}
+    return dict(optuna.importance.get_param_importances(study))
+
+
+def plot_importance(trials: pd.DataFrame, out: Path) -> list[Path]:
+    """Bar chart of parameter importances (needs >= 4 finished trials and a numeric searched column)."""
+    imp = param_importances(trials)
+    if not imp:
+        return []
+    names = list(imp)[::-1]
+    fig, ax = plt.subplots(figsize=(7, max(3.5, 0.5 * len(names) + 1.5)), dpi=100)
+    colors = plt.get_cmap("tab10")(np.arange(len(names)) % 10)
+    ax.barh(names, [imp[n] for n in names], color=colors)
+    ax.set(title="Parameter importance for dev score (optuna fANOVA)", xlabel="importance")
+    path = out / "param_importance.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]
+
+
+def make_plots(trials: pd.DataFrame, traces: pd.DataFrame, plots_dir: str | Path) -> list[Path]:
+    """Every figure the data supports; returns the written paths."""
+    out = Path(plots_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if not traces.empty:
+        written += plot_weights(trials, traces, out)
+        written += plot_reward_set_loss(trials, traces, out)
+    if is_search(trials):
+        written += plot_history(trials, out)
+        written += plot_importance(trials, out)
+    return written

@@ -1,0 +1,293 @@
+"""Paper-style tables and plots from a sweep's Parquet results (``kdray report``).
+
+Only what is in the data is shown: a row per method (or ablated setting) that has finished trials, a
+column per task that has any, mean ± sample std over seeds with the seed count marked when below three.
+ERROR trials never enter a number; they are counted in a footnote so a partial sweep reads as one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from kdray.results import load
+
+TASK_ORDER: tuple[str, ...] = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+TASK_LABELS: dict[str, str] = {
+    "cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
+    "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI",
+}
+# The official metric(s) shown per task, as (label, dev_metrics key); dev_score is their mean.
+TASK_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
+    "cola": (("mcc", "matthews_correlation"),),
+    "mrpc": (("F1", "f1"), ("acc", "accuracy")),
+    "qqp": (("F1", "f1"), ("acc", "accuracy")),
+    "stsb": (("Pearson", "pearson"), ("Spearman", "spearman")),
+    "mnli": (("m", "validation_matched_accuracy"), ("mm", "validation_mismatched_accuracy")),
+}
+METHOD_LABELS: dict[str, str] = {
+    "teacher": "Teacher", "finetune": "Finetune", "vanilla_kd": "Vanilla KD", "pkd": "PKD", "all": "All",
+    "fixed": "Fixed", "random_hard": "Random-Hard", "random_soft": "Random-Soft",
+    "actor_critic_hard": "AC-Hard", "actor_critic_soft": "AC-Soft",
+}
+METHOD_ORDER: tuple[str, ...] = tuple(METHOD_LABELS)
+TEACHER = "Teacher"
+BY_CHOICES: tuple[str, ...] = ("method", "pool", "phase_steps", "reward", "action")
+# Selectors whose weights change during training (worth a weights-over-steps plot).
+VARYING_METHODS: tuple[str, ...] = ("random_hard", "random_soft", "actor_critic_hard", "actor_critic_soft", "actor_critic")
+
+
+def method_label(method: Any) -> str:
+    """Display name of a method id (unknown ids are shown as they are)."""
+    return METHOD_LABELS.get(str(method), str(method))
+
+
+def _task_key(task: str) -> tuple[int, str]:
+    return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), task)
+
+
+def _method_key(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def task_header(task: str) -> str:
+    """Column header: task name and its official metric(s)."""
+    metrics = TASK_METRICS.get(task, (("acc", "accuracy"),))
+    return f"{TASK_LABELS.get(task, task)} ({'/'.join(m for m, _ in metrics)})"
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+def _fmt_num(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v)
+
+
+def _reward_label(rs: Any) -> str:
+    if not isinstance(rs, dict):
+        return "n/a"
+    parts = [str(rs.get("reward_set"))]
+    parts.append(f"β={_fmt_num(rs.get('exploration'))}")
+    parts.append(f"cost={_fmt_num(rs.get('cost'))}")
+    if rs.get("normalize") is False:
+        parts.append("raw")
+    return ", ".join(parts)
+
+
+GROUPERS: dict[str, tuple[str, Callable[[pd.Series], str]]] = {
+    "pool": ("Pool", lambda r: "+".join(r["knowledge_pool"]) if len(r["knowledge_pool"]) else "n/a"),
+    "phase_steps": ("Phase steps", lambda r: "n/a" if pd.isna(r["phase_steps"]) else str(int(r["phase_steps"]))),
+    "reward": ("Reward (set, β, cost)", lambda r: _reward_label(r["reward_shaping"])),
+    "action": ("Action", lambda r: str(r["action"]) if pd.notna(r["action"]) else "n/a"),
+}
+
+
+def _finished(trials: pd.DataFrame) -> pd.DataFrame:
+    ok = trials[(trials["status"] != "ERROR") & trials["dev_score"].notna()]
+    return ok.copy()
+
+
+def _teacher_runs(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per distinct teacher per task (trials of a task share cached teachers)."""
+    t = trials[trials["teacher_score"].notna()].copy()
+    if t.empty:
+        return t
+    t["_teacher_key"] = [
+        str(teacher) if isinstance(teacher, str) and teacher and teacher != "None" else f"seed={seed}"
+        for teacher, seed in zip(t["teacher"], t["seed"])
+    ]
+    t = t.drop_duplicates(subset=["task", "_teacher_key"])
+    t["dev_score"] = t["teacher_score"]
+    t["dev_metrics"] = [{} for _ in range(len(t))]  # a teacher's score is its primary metric only
+    return t
+
+
+def _cell_stats(rows: pd.DataFrame, task: str) -> dict[str, Any]:
+    scores = rows["dev_score"].astype(float).to_numpy() * 100
+    comps: list[float] | None = []
+    for _, key in TASK_METRICS.get(task, ()):
+        vals = [m.get(key) for m in rows["dev_metrics"]]
+        if len(TASK_METRICS.get(task, ())) > 1 and all(v is not None for v in vals):
+            comps.append(float(np.mean(vals)) * 100)
+        else:
+            comps = None
+            break
+    n = len(scores)
+    return {
+        "mean": float(np.mean(scores)),
+        "std": float(np.std(scores, ddof=1)) if n > 1 else math.nan,
+        "n": n,
+        "components": comps or None,
+    }
+
+
+def _table_stats(trials: pd.DataFrame, by: str) -> tuple[list[tuple[str, ...]], list[str], dict, dict, list[str]]:
+    """Per (row label, task) statistics; row labels are tuples (method[, setting])."""
+    if by not in BY_CHOICES:
+        raise ValueError(f"--by must be one of {', '.join(BY_CHOICES)}, got {by!r}")
+    done = _finished(trials)
+    tasks = sorted(set(done["task"]) | set(trials.loc[trials["teacher_score"].notna(), "task"]), key=_task_key)
+    cells: dict[tuple[tuple[str, ...], str], dict[str, Any]] = {}
+    rows: list[tuple[str, ...]] = []
+    teacher = _teacher_runs(trials)
+    label_cols = ["Method"] if by == "method" else ["Method", GROUPERS[by][0]]
+    if not teacher.empty:
+        key = (TEACHER,) if by == "method" else (TEACHER, "")
+        rows.append(key)
+        for task, g in teacher.groupby("task"):
+            cells[(key, task)] = _cell_stats(g, str(task))
+    if not done.empty:
+        done["_method"] = done["method"].astype(str)
+        done["_setting"] = "" if by == "method" else done.apply(GROUPERS[by][1], axis=1)
+        for (method, setting), g in sorted(done.groupby(["_method", "_setting"]),
+                                           key=lambda kv: (_method_key(kv[0][0]), kv[0][1])):
+            key = (method_label(method),) if by == "method" else (method_label(method), setting)
+            rows.append(key)
+            for task, gt in g.groupby("task"):
+                cells[(key, task)] = _cell_stats(gt, str(task))
+    # average (GLUE convention: mean of per-task scores) only for rows that cover every task shown
+    summary: dict[tuple[str, ...], dict[str, float]] = {}
+    for key in rows:
+        means = [cells[(key, t)]["mean"] for t in tasks if (key, t) in cells]
+        summary[key] = {"avg": float(np.mean(means)) if means and len(means) == len(tasks) else math.nan}
+    t_key = rows[0] if rows and rows[0][0] == TEACHER else None
+    for key in rows:
+        t_avg = summary[t_key]["avg"] if t_key else math.nan
+        avg = summary[key]["avg"]
+        summary[key]["retention"] = avg / t_avg * 100 if t_avg and not math.isnan(t_avg) else math.nan
+    return rows, tasks, cells, summary, label_cols
+
+
+def glue_table(trials: pd.DataFrame, by: str = "method") -> pd.DataFrame:
+    """Numbers behind the main table: per row, each task's mean/std/n (×100), avg and retention (%)."""
+    rows, tasks, cells, summary, label_cols = _table_stats(trials, by)
+    records = []
+    for key in rows:
+        rec: dict[str, Any] = dict(zip(label_cols, key))
+        for t in tasks:
+            c = cells.get((key, t))
+            rec[t] = c["mean"] if c else math.nan
+            rec[f"{t}_std"] = c["std"] if c else math.nan
+            rec[f"{t}_n"] = c["n"] if c else 0
+        rec["avg"] = summary[key]["avg"]
+        rec["retention"] = summary[key]["retention"]
+        records.append(rec)
+    df = pd.DataFrame.from_records(records)
+    return df.set_index(label_cols[0] if len(label_cols) == 1 else label_cols) if not df.empty else df
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _cell_text(c: dict[str, Any] | None) -> tuple[str, str]:
+    """(value text, seed-count marker)."""
+    if c is None:
+        return "–", ""
+    value = "/".join(f"{v:.1f}" for v in c["components"]) if c["components"] else f"{c['mean']:.1f}"
+    if not math.isnan(c["std"]):
+        value += f" ± {c['std']:.1f}"
+    marker = f" (n={c['n']})" if c["n"] < 3 else ""
+    return value, marker
+
+
+def _best(values: dict[tuple[str, ...], float]) -> set[tuple[str, ...]]:
+    """Row keys holding the best (highest) value of a column; the teacher is a reference, not a contender."""
+    vals = {k: v for k, v in values.items() if k[0] != TEACHER and not math.isnan(v)}
+    if len(vals) < 2:
+        return set()
+    top = max(round(v, 1) for v in vals.values())
+    return {k for k, v in vals.items() if round(v, 1) == top}
+
+
+def _escape_latex(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
+                 ("±", r"$\pm$"), ("β", r"$\beta$"), ("–", "--")):
+        s = s.replace(a, b)
+    return s
+
+
+def _footnotes(trials: pd.DataFrame, cells: dict) -> list[str]:
+    notes = ["Dev-set scores ×100, mean ± sample std over seeds (± is the std of the task score, the mean "
+             "of the metrics shown); (n=k) marks fewer than 3 seeds; best non-teacher value in bold."]
+    notes.append("Avg: mean of the task scores (GLUE convention), only for rows covering every task; "
+                 "Retention: Avg / Teacher Avg. Teacher: its task score only, one per distinct teacher.")
+    errors = trials[trials["status"] == "ERROR"]
+    if len(errors):
+        where = ", ".join(f"{method_label(m)}/{t}: {n}" for (m, t), n in
+                          errors.groupby(["method", "task"], dropna=False).size().items())
+        notes.append(f"{len(errors)} ERROR trial(s) excluded ({where}).")
+    missing = trials[(trials["status"] != "ERROR") & trials["dev_score"].isna()]
+    if len(missing):
+        notes.append(f"{len(missing)} trial(s) without a dev score excluded.")
+    if "reward_shaping" in trials and any(isinstance(r, dict) and r.get("reward_set") == "dev"
+                                          for r in trials["reward_shaping"]):
+        notes.append("Some selectors were rewarded on the dev set (reward_set=dev, the paper's choice): "
+                     "their dev scores are optimistic.")
+    return notes
+
+
+def _render_table(trials: pd.DataFrame, fmt: str, by: str) -> str:
+    rows, tasks, cells, summary, label_cols = _table_stats(trials, by)
+    headers = label_cols + [task_header(t) for t in tasks] + ["Avg", "Retention (%)"]
+    best_task = {t: _best({k: cells[(k, t)]["mean"] for k in rows if (k, t) in cells}) for t in tasks}
+    best_avg = _best({k: summary[k]["avg"] for k in rows})
+    best_ret = _best({k: summary[k]["retention"] for k in rows})
+    body: list[list[tuple[str, str, bool]]] = []  # (value, marker, is_best)
+    for key in rows:
+        line = [(lab, "", False) for lab in key]
+        for t in tasks:
+            value, marker = _cell_text(cells.get((key, t)))
+            line.append((value, marker, key in best_task[t]))
+        avg, ret = summary[key]["avg"], summary[key]["retention"]
+        line.append(("–" if math.isnan(avg) else f"{avg:.1f}", "", key in best_avg))
+        line.append(("–" if math.isnan(ret) or key[0] == TEACHER else f"{ret:.1f}", "", key in best_ret))
+        body.append(line)
+    notes = _footnotes(trials, cells)
+    title = "Main results" if by == "method" else f"Ablation by {GROUPERS[by][0].lower()}"
+    if fmt == "md":
+        def md(c: tuple[str, str, bool]) -> str:
+            return (f"**{c[0]}**" if c[2] else c[0]) + c[1]
+        out = [f"### {title}", "", "| " + " | ".join(headers) + " |",
+               "|" + "|".join([":---"] * len(label_cols) + ["---:"] * (len(headers) - len(label_cols))) + "|"]
+        out += ["| " + " | ".join(md(c) for c in line) + " |" for line in body]
+        out += [""] + [f"- {n}" for n in notes]
+        return "\n".join(out) + "\n"
+    if fmt == "latex":
+        def tex(c: tuple[str, str, bool]) -> str:
+            v = _escape_latex(c[0])
+            return (rf"\textbf{{{v}}}" if c[2] else v) + _escape_latex(c[1])
+        spec = "l" * len(label_cols) + "r" * (len(headers) - len(label_cols))
+        out = [r"% " + title, r"\begin{tabular}{" + spec + "}", r"\toprule",
+               " & ".join(_escape_latex(h) for h in headers) + r" \\", r"\midrule"]
+        out += [" & ".join(tex(c) for c in line) + r" \\" for line in body]
+        out += [r"\bottomrule", r"\end{tabular}"] + [f"% {_escape_latex(n)}" for n in notes]
+        return "\n".join(out) + "\n"
+    if fmt == "csv":
+        df = pd.DataFrame([[c[0] + ("*" if c[2] else "") + c[1] for c in line] for line in body], columns=headers)
+        return df.to_csv(index=False) + "".join(f"# {n}\n" for n in notes + ["* = best value in its column"])
+    raise ValueError(f"--format must be one of md, latex, csv, got {fmt!r}")
+
+
+def render(results_dir: str | Path, fmt: str = "md", by: str = "method", plots_dir: str | Path | None = None,
+           out: str | Path | None = None) -> str:
+    """The report text for ``kdray report``; also writes it to ``out`` and plots to ``plots_dir`` when given."""
+    trials, traces = load(results_dir)
+    text = _render_table(trials, fmt, by)
+    if plots_dir is not None:
+        from kdray.plots import make_plots  # matplotlib only when plots are asked for
+
+        written = make_plots(trials, traces, plots_dir)
+        listing = ", ".join(p.name for p in written) or "none (no traces or history in these results)"
+        text += {"md": f"\nPlots in {plots_dir}: {listing}\n", "latex": f"% plots: {_escape_latex(listing)}\n",
+                 "csv": f"# plots: {listing}\n"}[fmt]
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+    return text
+
