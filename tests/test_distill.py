@@ -1,0 +1,195 @@
+"""The training loop: selected kinds only, exact resume, cached == live teacher, run record on real RTE."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from kdray.checkpoint import load as load_checkpoint
+from kdray.knowledge import KnowledgeContext, build_knowledge, run_model
+from kdray.teacher_outputs import build_teacher_cache
+
+
+# --------------------------------------------------------------------------- teacher-output cache (no GLUE needed)
+
+
+def _tiny(seed: int, hidden: int = 32, layers: int = 4) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
+                     vocab_size=100, num_labels=2, attn_implementation="eager")
+    return BertForSequenceClassification(cfg).eval()
+
+
+def _rows(n: int = 12) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(n):
+        length = 4 + i % 7
+        ids = torch.randint(5, 100, (length,), generator=g)
+        rows.append({"input_ids": ids, "attention_mask": torch.ones(length, dtype=torch.long),
+                     "token_type_ids": torch.zeros(length, dtype=torch.long), "labels": torch.tensor(i % 2)})
+    return rows
+
+
+def _pad(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    t = max(len(r["input_ids"]) for r in rows)
+    out = {k: torch.zeros(len(rows), t, dtype=torch.long) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    for i, r in enumerate(rows):
+        for k in out:
+            out[k][i, : len(r[k])] = r[k]
+    out["labels"] = torch.stack([r["labels"] for r in rows])
+    return out
+
+
+def test_cached_teacher_gives_live_losses(tmp_path: Path) -> None:
+    teacher, student = _tiny(0), _tiny(1, hidden=16, layers=2)
+    data = _rows()
+    cache = build_teacher_cache(teacher, data, _pad, {0, 2, 4}, tmp_path / "cache", batch_size=5)
+    assert not list(tmp_path.glob(".*tmp"))  # built atomically
+    ctx = KnowledgeContext(layer_map=((1, 2), (2, 4)), student_width=16, teacher_width=32)
+    mods = build_knowledge(["response", "feature", "relation", "embedding"], ctx)
+    rows = [3, 7, 0, 10]  # a different grouping and padding than at build time
+    batch = _pad([data[i] for i in rows])
+    s_out = run_model(student, batch, {0, 1, 2})
+    with torch.no_grad():
+        live = run_model(teacher, batch, {0, 2, 4})
+    cached = cache.outputs(rows, batch["input_ids"].shape[1], {0, 2, 4}, torch.device("cpu"))
+    assert cache.covers({0, 4}, set()) and not cache.covers({1}, set()) and not cache.covers({2}, {2})
+    for name, mod in mods.items():
+        a, b = mod(s_out, live, batch).item(), mod(s_out, cached, batch).item()
+        assert a == pytest.approx(b, rel=5e-3, abs=1e-4), name
+    # the cache stores fp16 and is reused rather than rebuilt
+    assert cache.logits.dtype.name == "float16"
+    again = build_teacher_cache(_tiny(9), data, _pad, {0, 2, 4}, tmp_path / "cache")
+    assert (again.logits == cache.logits).all()
+
+
+# --------------------------------------------------------------------------- the loop on real RTE with tiny-bert
+
+
+@pytest.fixture()
+def tiny_teacher(tmp_path: Path) -> str:
+    """tiny-bert with a metrics.json, so the loop does not spend teacher forwards on scoring it."""
+    from kdray.models import resolve_model
+
+    folder = tmp_path / "teacher"
+    shutil.copytree(resolve_model("tiny-bert"), folder)
+    (folder / "metrics.json").write_text(json.dumps({"score": 0.5}))
+    return str(folder)
+
+
+def _config(glue_dir: Path, out: Path, **over):
+    from kdray.config import RunConfig
+
+    raw = {
+        "task": "rte",
+        "data": {"source": "local", "dir": str(glue_dir), "max_train_samples": 64, "max_eval_samples": 32,
+                 "holdout_fraction": 0.1},
+        "student": {"layers": 2},
+        "train": {"max_steps": 8, "batch_size": 8, "eval_batch_size": 32, "max_seq_length": 64, "progress": False,
+                  "lr": 1e-3, "warmup_ratio": 0.25},
+        "selector": {"name": "random_soft", "phase_steps": 3, "reward": {"eval_examples": 8}},
+        "knowledge": {"pool": ["finetune", "response", "feature", "relation"]},
+        "output_dir": str(out),
+    }
+    for key, value in over.items():
+        node = raw
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return RunConfig.model_validate(raw)
+
+
+class _Spy:
+    """Counts teacher forwards and what they asked for."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def wrap(self, model):
+        original = model.forward
+
+        def forward(*args, **kwargs):
+            self.calls.append({k: kwargs.get(k) for k in ("output_hidden_states", "output_attentions")})
+            return original(*args, **kwargs)
+
+        model.forward = forward
+        return model
+
+
+def _spied_teacher(monkeypatch: pytest.MonkeyPatch) -> _Spy:
+    import kdray.distill as distill
+
+    spy = _Spy()
+    real = distill.load_teacher
+    monkeypatch.setattr(distill, "load_teacher", lambda path, spec, **kw: spy.wrap(real(path, spec, **kw)))
+    return spy
+
+
+def test_finetune_only_never_runs_the_teacher(glue_dir: Path, tiny_teacher: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdray.distill import train
+
+    spy = _spied_teacher(monkeypatch)
+    train(_config(glue_dir, tmp_path / "ft", **{"selector.name": "finetune", "train.max_steps": 2}), teacher_path=tiny_teacher)
+    assert spy.calls == []
+    spy.calls.clear()
+    train(_config(glue_dir, tmp_path / "kd", **{"selector.name": "vanilla_kd", "train.max_steps": 2}), teacher_path=tiny_teacher)
+    assert len(spy.calls) == 2  # one per step, logits only
+    assert not any(c["output_hidden_states"] or c["output_attentions"] for c in spy.calls)
+    spy.calls.clear()
+    weights = {"finetune": 1.0, "response": 0.0, "feature": 0.0, "relation": 0.0}
+    train(_config(glue_dir, tmp_path / "fixed", **{"selector.name": "fixed", "selector.weights": weights,
+                                                   "train.max_steps": 2}), teacher_path=tiny_teacher)
+    assert spy.calls == []
+
+
+@pytest.mark.slow  # three short runs on real RTE: ~15 s idle, ~50 s on a loaded 2-core box
+def test_resume_matches_uninterrupted_run(glue_dir: Path, tiny_teacher: str, tmp_path: Path) -> None:
+    from kdray.distill import train
+
+    over = {"train.max_steps": 6, "selector.phase_steps": 4}  # the cut at step 3 falls inside a phase
+    full = train(_config(glue_dir, tmp_path / "full", **over), teacher_path=tiny_teacher)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(metrics: dict) -> None:
+        if metrics["step"] == 3:
+            raise Stop
+
+    cfg = _config(glue_dir, tmp_path / "cut", **over, **{"train.eval_every": 3, "train.checkpoint_every": 3})
+    with pytest.raises(Stop):
+        train(cfg, teacher_path=tiny_teacher, report=stop_at_3)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint")["step"] == 3
+    resumed = train(cfg, teacher_path=tiny_teacher, resume_from=str(tmp_path / "cut" / "checkpoint"))
+    a = load_checkpoint(tmp_path / "full" / "checkpoint")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint")
+    for key in a["student"]:
+        assert torch.equal(a["student"][key], b["student"][key]), key
+    for key in a["knowledge"]:  # the feature / relation projections
+        assert torch.equal(a["knowledge"][key], b["knowledge"][key]), key
+    assert [t["weight"] for t in full.traces] == [t["weight"] for t in resumed.traces]
+    assert resumed.dev_score == full.dev_score and resumed.train_steps == full.train_steps == 6
+
+
+def test_end_to_end_writes_run_record_and_traces(glue_dir: Path, tiny_teacher: str, tmp_path: Path) -> None:
+    from kdray.distill import train
+
+    cfg = _config(glue_dir, tmp_path / "run", **{"train.teacher_cache": True, "selector.name": "all"})
+    result = train(cfg, teacher_path=tiny_teacher)
+    record = json.loads((tmp_path / "run" / "run_record.json").read_text())
+    assert record["method"] == "all" and record["train_steps"] == 8 and record["teacher_cache"] is True
+    assert 0.0 <= record["dev_score"] <= 1.0 and "accuracy" in record["dev_metrics"]
+    assert record["knowledge_pool"] == ["finetune", "response", "feature", "relation"]
+    traces = pd.read_parquet(tmp_path / "run" / "traces.parquet")
+    assert len(traces) == 3 * 4  # phases at steps 3, 6, 8; one row per kind
+    assert set(traces["weight"]) == {1.0} and traces["reward_set_loss"].notna().all()
+    assert (tmp_path / "run" / "selector.pt").is_file()
+    assert result.samples_per_second > 0 and result.selector_seconds > 0
