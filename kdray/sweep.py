@@ -213,6 +213,10 @@ def _train_loop(cfg: dict[str, Any]) -> None:
     seen = {"mtime": None}
 
     def report(metrics: dict[str, Any]) -> None:
+        # Metrics are all-reduced by the loop, so every rank takes the same branch here.
+        bad = {k: metrics.get(k) for k in ("train_loss", "dev_score") if not math.isfinite(float(metrics.get(k, 0.0)))}
+        if bad:
+            raise FloatingPointError(f"non-finite metrics at step {metrics.get('step')}: {bad}")
         checkpoint = None
         path = ckpt_dir / "checkpoint.pt"
         if rank == 0 and path.is_file() and path.stat().st_mtime != seen["mtime"]:

@@ -1,0 +1,122 @@
+"""Sweeps on a real local Ray: grid and Optuna end to end, a NaN trial recorded as ERROR, kill + resume, and a
+`ray job submit` to a 127.0.0.1 head. Trials run the real kdray.distill.train on tiny-bert and 32 RTE rows."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdray.results import TRACE_COLUMNS, TRIAL_COLUMNS, load
+from kdray.sweep import run_sweep
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def space(tmp: Path, glue_dir: Path, name: str, search: dict, seeds=(1,), selector="vanilla_kd") -> Path:
+    doc = {
+        "name": name,
+        "tasks": ["rte"],
+        "data": {"source": "local", "dir": str(glue_dir), "max_train_samples": 32, "max_eval_samples": 16,
+                 "holdout_fraction": 0.1, "holdout_max": 8},
+        "teacher": {"model": "tiny-bert", "epochs": 1, "batch_size": 16},
+        "student": {"layers": 2},
+        "train": {"max_steps": 4, "batch_size": 8, "eval_batch_size": 16, "max_seq_length": 32, "lr": 1.0e-4,
+                  "seeds": list(seeds)},
+        "selector": {"name": selector, "phase_steps": 2, "episodes": 1, "episode_steps": 2},
+        "knowledge": {"pool": ["finetune", "response"]},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 1},
+        "search": search,
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_grid_sweep_with_a_nan_trial(tmp_path: Path, glue_dir: Path) -> None:
+    path = space(tmp_path, glue_dir, "grid", {"mode": "grid", "space": {"train.lr": {"grid": [1.0e-4, 1.0e+30]}}},
+                 seeds=(1, 2))
+    code = run_sweep(str(path), storage=str(tmp_path / "runs"))
+    assert code == 1  # some trial failed, the sweep still finished
+    trials, traces = load(tmp_path / "runs" / "grid")
+    assert set(TRIAL_COLUMNS) <= set(trials.columns) and "train.lr" in trials.columns
+    assert set(TRACE_COLUMNS) <= set(traces.columns)
+    assert len(trials) == 4 and trials["trial_id"].is_unique
+    ok, bad = trials[trials["train.lr"] < 1], trials[trials["train.lr"] > 1]
+    assert (ok["status"] == "TERMINATED").all() and ok["dev_score"].between(0, 1).all()
+    assert sorted(ok["seed"]) == [1, 2] and (ok["method"] == "vanilla_kd").all() and (ok["train_steps"] == 4).all()
+    assert (bad["status"] == "ERROR").all() and bad["error"].str.contains("non-finite").all()
+    assert set(traces["trial_id"]) <= set(ok["trial_id"]) and len(traces) > 0
+
+
+def test_optuna_sweep(tmp_path: Path, glue_dir: Path) -> None:
+    path = space(tmp_path, glue_dir, "opt", {"mode": "optuna", "num_samples": 2, "seed": 3, "space": {
+        "train.lr": {"loguniform": [1.0e-5, 1.0e-3]},
+        "knowledge.pool": {"choice": [["finetune"], ["finetune", "response"]]}}})
+    assert run_sweep(str(path), storage=str(tmp_path / "runs")) == 0
+    trials, _ = load(tmp_path / "runs" / "opt")
+    assert len(trials) == 2 and (trials["status"] == "TERMINATED").all() and trials["trial_id"].is_unique
+    assert trials["train.lr"].between(1e-5, 1e-3).all()
+    assert all(list(p) in (["finetune"], ["finetune", "response"]) for p in trials["knowledge_pool"])
+
+
+def test_killed_sweep_resumes_without_duplicates(tmp_path: Path, glue_dir: Path) -> None:
+    path = space(tmp_path, glue_dir, "kill", {"mode": "grid", "space": {"selector.name": {"grid": ["finetune", "vanilla_kd"]}}},
+                 seeds=(1, 2))
+    runs = tmp_path / "runs"
+    cmd = [PY, "-m", "kdray", "sweep", str(path), "--storage", str(runs), "--max-concurrent", "1"]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (runs / "kill" / "trials.parquet").exists():
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    first, _ = load(runs / "kill")
+    assert 1 <= len(first) < 4
+    done = subprocess.run(cmd + ["--resume"], env=env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials, _ = load(runs / "kill")
+    assert len(trials) == 4 and trials["trial_id"].is_unique and (trials["status"] == "TERMINATED").all()
+    # finished trials were not run again
+    kept = trials.set_index("trial_id").loc[list(first["trial_id"]), "finished_at"]
+    assert list(kept) == list(first.set_index("trial_id")["finished_at"])
+
+
+def test_ray_job_submit_to_local_head(tmp_path: Path, glue_dir: Path) -> None:
+    path = space(tmp_path, glue_dir, "job", {"mode": "grid"})
+    ray = str(Path(PY).parent / "ray")
+    # --block keeps `ray start` in the foreground so the test stops exactly the head it started (no `ray stop`,
+    # which would end every Ray on the machine).
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", "6390",
+                             "--num-cpus", "3", "--dashboard-host", "127.0.0.1", "--dashboard-port", "8275",
+                             "--disable-usage-stats"], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        out = None
+        for _ in range(60):  # the job server comes up a little after the head
+            out = subprocess.run([ray, "job", "submit", "--address", "http://127.0.0.1:8275", "--", PY, "-m", "kdray",
+                                  "sweep", str(path), "--address", "auto", "--storage", str(tmp_path / "runs")],
+                                 env=env(), capture_output=True, text=True, timeout=300)
+            if "Connection" not in out.stderr or out.returncode == 0:
+                break
+            time.sleep(2)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+    trials, _ = load(tmp_path / "runs" / "job")
+    assert len(trials) == 1 and trials["status"].iloc[0] == "TERMINATED" and not math.isnan(trials["dev_score"].iloc[0])
