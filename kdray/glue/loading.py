@@ -29,7 +29,20 @@ def load_task(
 ) -> datasets.DatasetDict:
     """Load ``task``'s splits (``train`` and its dev splits, or ``splits``) with the hub's fields and label ids.
 
-    ``auto`` reads the local folder when it has the task's folder, else the hub.
+    Args:
+        task: a GLUE task name (``rte``, ``sst2``, ...).
+        source: ``local`` reads the official TSV layout under ``data_dir`` (or ``$KDRAY_GLUE_DIR``),
+            ``hub`` calls ``datasets.load_dataset("nyu-mll/glue", task)``, ``auto`` reads the local
+            folder when it has the task's folder (e.g. ``RTE/``), else the hub.
+        data_dir: the folder holding ``CoLA/``, ``SST-2/``, ... as in the GLUE download.
+        splits: a subset of ``train`` and the task's dev splits; default all of them.
+
+    Returns:
+        A DatasetDict whose columns are the hub's text fields plus ``label`` (class id, float for
+        STS-B) and ``idx`` (row number in the split).
+
+    Raises:
+        GlueDataError: unknown task/split/source, missing folder or file, bad file, hub unreachable.
     """
     spec = get_task(task)
     wanted = list(splits) if splits else ["train", *spec.dev_splits]
@@ -42,7 +55,8 @@ def load_task(
     if source == "local":
         return _load_local(spec, folder, wanted)
     if source == "hub":
-        return _load_hub(spec, wanted)
+        local_note = "" if folder is None else f" (auto: {folder / spec.glue_dir} does not exist)"
+        return _load_hub(spec, wanted, local_note)
     raise GlueDataError(f"unknown data source {source!r}; allowed: auto, hub, local")
 
 
@@ -58,12 +72,12 @@ def _load_local(spec: TaskSpec, folder: Path | None, splits: list[str]) -> datas
     )
 
 
-def _load_hub(spec: TaskSpec, splits: list[str]) -> datasets.DatasetDict:
+def _load_hub(spec: TaskSpec, splits: list[str], local_note: str = "") -> datasets.DatasetDict:
     try:
         loaded = datasets.load_dataset("nyu-mll/glue", spec.name)
     except Exception as err:  # offline, no cache, hub errors: one clear line instead of a network traceback
         raise GlueDataError(
-            f"could not load GLUE task {spec.name} from the hub (nyu-mll/glue): {type(err).__name__}: {err}. "
+            f"could not load GLUE task {spec.name} from the hub (nyu-mll/glue){local_note}: {type(err).__name__}: {err}. "
             "Offline? Use data.source=local with data.dir (or $KDRAY_GLUE_DIR) pointing at the official GLUE TSV folder."
         ) from None
     return datasets.DatasetDict({split: loaded[split] for split in splits})

@@ -41,8 +41,11 @@ def read_split(spec: TaskSpec, path: Path) -> dict[str, list[Any]]:
     """Read one TSV into columns (text fields, ``label``, ``idx``); errors name the file and line."""
     if not path.is_file():
         raise GlueDataError(f"{path}: missing file for GLUE task {spec.name} (expected the official GLUE layout)")
-    with path.open(encoding="utf-8-sig", newline="") as handle:  # utf-8-sig drops MRPC's BOM
-        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:  # utf-8-sig drops MRPC's BOM
+            rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as err:
+        raise GlueDataError(f"{path}: not UTF-8 text at byte {err.start} (the GLUE release files are UTF-8)") from None
     has_header, fields, label_col = _LAYOUT[spec.name]
     if not rows or (has_header and len(rows) == 1):
         raise GlueDataError(f"{path}: empty file (no data rows)")

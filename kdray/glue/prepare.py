@@ -29,12 +29,17 @@ from kdray.glue.tasks import TaskSpec, get_task
 from kdray.paths import cache_root
 
 HOLDOUT_SEED = 20220  # fixed: the reward set is the same slice for every trial
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # bump when the tokenized layout changes (v2: content-hashed tokenizer key, idx column)
 
 
 @dataclass
 class PreparedData:
-    """Tokenized splits (python format, columns input_ids, attention_mask, token_type_ids, labels, length)."""
+    """Tokenized splits with columns input_ids, attention_mask, token_type_ids, labels, length and idx.
+
+    Python format on purpose: the loop picks rows by index and :func:`make_collator`
+    builds the tensors, so no per-row torch conversion is paid twice. ``idx`` is the
+    row's index in the raw split, so the train/holdout/dev rows can always be traced.
+    """
 
     spec: TaskSpec
     train: datasets.Dataset
@@ -77,16 +82,21 @@ def prepare_data(
     tok_key = tokenizer_fingerprint(tokenizer)
 
     def tokenized(split: str, ids: np.ndarray) -> datasets.Dataset:
-        key = hashlib.sha256(
-            json.dumps([_CACHE_VERSION, tok_key, task, split, max_seq_length, data.source, str(data.dir),
-                        raw[split]._fingerprint, hashlib.sha256(ids.tobytes()).hexdigest()]).encode()
-        ).hexdigest()[:24]
+        # The raw split's fingerprint hashes its content (local TSV or hub files alike), and the row ids
+        # hash captures every subsample/holdout parameter, so equal keys mean equal tokenized rows.
+        key_parts = {"version": _CACHE_VERSION, "tokenizer": tok_key, "task": task, "split": split,
+                     "max_seq_length": max_seq_length, "raw": raw[split]._fingerprint,
+                     "rows": hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()}
+        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
         folder = cache / f"{task}-{split}-{max_seq_length}-{key}"
-        if folder.is_dir():
-            return datasets.load_from_disk(str(folder))
-        rows = raw[split].select(ids.tolist())
-        ds = tokenize_split(rows, spec, tokenizer, max_seq_length)
-        _save_atomically(ds, folder)
+        if not (folder / "dataset_info.json").is_file():
+            rows = raw[split].select(ids.tolist())
+            ds = tokenize_split(rows, spec, tokenizer, max_seq_length)
+            meta = {**key_parts, "tokenizer_name": str(getattr(tokenizer, "name_or_path", "")),
+                    "num_rows": len(ds), "max_train_samples": data.max_train_samples,
+                    "max_eval_samples": data.max_eval_samples, "holdout_fraction": data.holdout_fraction,
+                    "holdout_max": data.holdout_max, "subsample_seed": sub_seed}
+            _save_atomically(ds, folder, meta)
         return datasets.load_from_disk(str(folder))
 
     dev_max = data.max_eval_samples
@@ -103,27 +113,44 @@ def tokenize_split(rows: datasets.Dataset, spec: TaskSpec, tokenizer: PreTrained
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
         texts = [batch[k] for k in spec.text_keys]
-        enc = tokenizer(*texts, truncation=True, max_length=max_len, padding=False)
+        enc = dict(tokenizer(*texts, truncation=True, max_length=max_len, padding=False))
         enc["labels"] = [float(x) for x in batch["label"]] if spec.is_regression else [int(x) for x in batch["label"]]
-        enc["length"] = [len(ids) for ids in enc["input_ids"]]
-        return dict(enc)
+        enc["length"] = [len(ids) for ids in enc["input_ids"]]  # no padding yet: every token counts
+        enc["idx"] = [int(i) for i in batch["idx"]]
+        return enc
 
+    # keep_in_memory: the result is saved once by the caller; no second copy in the datasets cache.
     return rows.map(encode, batched=True, batch_size=1000, remove_columns=rows.column_names, load_from_cache_file=False,
-                    desc=f"tokenize {spec.name}")
+                    keep_in_memory=True, desc=f"tokenize {spec.name}")
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """Identity of a tokenizer for cache keys: class, vocabulary hash and lowercasing."""
-    vocab = tokenizer.get_vocab()
-    digest = hashlib.sha256("\n".join(sorted(vocab)).encode()).hexdigest()[:16]
-    return f"{type(tokenizer).__name__}-{len(vocab)}-{digest}-{getattr(tokenizer, 'do_lower_case', '')}"
+    """Identity of a tokenizer for cache keys: class, vocab size and a hash of what decides the ids.
+
+    A fast tokenizer is hashed through its full serialisation (vocab with ids, normaliser such as
+    lowercasing, pre-tokeniser, special-token template), a slow one through its sorted vocab items.
+    The name/path is left out on purpose: a teacher folder that saved the same tokenizer shares
+    the cache instead of re-tokenizing; the cache folder's meta.json still records it.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # Drop the per-call truncation/padding state: every tokenizer call rewrites it.
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        payload = json.dumps(state, sort_keys=True)
+    else:
+        payload = json.dumps(sorted(tokenizer.get_vocab().items())) + str(getattr(tokenizer, "do_lower_case", ""))
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    truncation = getattr(tokenizer, "truncation_side", "right")
+    return f"{type(tokenizer).__name__}-{len(tokenizer)}-{digest}-trunc_{truncation}"
 
 
-def _save_atomically(ds: datasets.Dataset, folder: Path) -> None:
+def _save_atomically(ds: datasets.Dataset, folder: Path, meta: dict[str, Any]) -> None:
+    """Write into a temp folder beside ``folder`` and rename it: readers never see half a cache entry."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
     try:
         ds.save_to_disk(str(tmp))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
         os.replace(tmp, folder)
     except OSError:
         if not folder.is_dir():  # a concurrent writer did not win either: a real error
@@ -133,7 +160,12 @@ def _save_atomically(ds: datasets.Dataset, folder: Path) -> None:
 
 
 def make_collator(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
-    """Pad a list of tokenized rows to the longest one; labels stay float for regression."""
+    """Pad a list of tokenized rows to the longest one in the batch (dynamic padding).
+
+    Returns LongTensors ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the tokenizer
+    makes them) and ``labels`` (float32 for regression, i.e. STS-B). Other columns (``length``,
+    ``idx``) are bookkeeping and not passed to the model.
+    """
     pad_id = int(tokenizer.pad_token_id or 0)
 
     def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -141,9 +173,12 @@ def make_collator(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str
         out: dict[str, torch.Tensor] = {}
         for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
             if key in rows[0]:
-                out[key] = torch.tensor([list(r[key]) + [fill] * (width - len(r[key])) for r in rows], dtype=torch.long)
-        labels = [r["labels"] for r in rows]
-        out["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
+                out[key] = torch.tensor([[int(t) for t in r[key]] + [fill] * (width - len(r[key])) for r in rows],
+                                        dtype=torch.long)
+        labels = torch.as_tensor([float(r["labels"]) for r in rows])
+        first = rows[0]["labels"]
+        regression = isinstance(first, (float, np.floating)) or (isinstance(first, torch.Tensor) and first.is_floating_point())
+        out["labels"] = labels.float() if regression else labels.long()
         return out
 
     return collate
