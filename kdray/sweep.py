@@ -51,6 +51,7 @@ from kdray.config import (
 TRIAL_DRIVER_CPU = 0.01  # the Tune trial itself only waits on its TorchTrainer
 RECORD_KEY = "kdray_record"  # last report of a trial: the JSON run record (with traces)
 ERROR_KEY = "kdray_error"
+RECORDED_KEY = "kdray_already_recorded"
 ENV_PREFIXES = ("HF_", "KDRAY_", "TRANSFORMERS_", "TOKENIZERS_", "OMP_", "MKL_")
 QUIET_ENV = {
     "RAY_DEDUP_LOGS": "1",
@@ -267,6 +268,10 @@ def _trial_fn(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         run = copy.deepcopy(config["trial"]["run"])
     else:  # optuna: sampled values over the task's base run
         run = apply_overrides(sweep.base_run(ctx["task"]), {**params, "train.seed": sweep.train.seeds[0]})
+    recorded = _recorded(ctx["sweep_dir"], trial_id)
+    if recorded is not None:  # finished before the driver died, after Tune's last state save: do not re-run
+        tune.report({"dev_score": recorded, "train_seconds": math.nan, RECORDED_KEY: 1})
+        return
     run["output_dir"] = str(Path(ctx["trials_dir"]) / trial_id)
     run["train"]["progress"] = False
     teacher_path = ctx["teachers"].get(_teacher_id(run))
@@ -291,6 +296,20 @@ def _trial_fn(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         cause = err.__cause__ or err
         tune.report({"dev_score": math.nan, "train_seconds": math.nan,
                      ERROR_KEY: f"{type(cause).__name__}: {cause}"[:2000]})
+
+
+def _recorded(sweep_dir: str, trial_id: str) -> float | None:
+    """dev_score of ``trial_id`` if trials.parquet already holds it as finished or failed, else None."""
+    path = Path(sweep_dir) / "trials.parquet"
+    if "://" in sweep_dir or not path.is_file():
+        return None
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["trial_id", "status", "dev_score"]).to_pylist()
+    for row in table:
+        if row["trial_id"] == trial_id and row["status"] in ("TERMINATED", "ERROR"):
+            return float(row["dev_score"]) if row["dev_score"] is not None else math.nan
+    return None
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -324,10 +343,13 @@ def _make_recorder(sweep_dir: str, sweep: SweepConfig, task: str | None) -> Any:
             self._write(trial, trial.last_result or {}, None)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._write(trial, trial.last_result or {}, str(getattr(trial, "error_file", "") or "trial raised"))
+            self._write(trial, trial.last_result or {}, _error_text(trial))
 
         def _write(self, trial: Any, last: dict[str, Any], error: str | None) -> None:
             from kdray import results
+
+            if last.get(RECORDED_KEY):
+                return  # its row was written before the sweep was interrupted
 
             trial_id, params = trial_identity(self.sweep_name, trial.config, self.task, trial.trial_id, self.space)
             task = trial.config["trial"]["task"] if "trial" in trial.config else self.task
@@ -340,6 +362,16 @@ def _make_recorder(sweep_dir: str, sweep: SweepConfig, task: str | None) -> Any:
                   + (f" error={row['error'][:200]}" if row["error"] else ""), flush=True)
 
     return ParquetRecorder()
+
+
+def _error_text(trial: Any) -> str:
+    """The last line of a failed trial's traceback (Tune keeps it in the trial's error file)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        return lines[-1][:2000] if lines else str(path)
+    except (OSError, TypeError):
+        return str(path or "trial raised")
 
 
 def _now() -> str:
@@ -483,7 +515,7 @@ def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: st
     tuner_name = "tune" if task is None else f"tune_{task}"
     trials_dir = f"{sweep_dir}/trials" if not is_uri else str(Path(tempfile.gettempdir()) / "kdray_trials" / sweep.name)
     ctx = {"sweep": sweep.model_dump(), "task": task, "teachers": teachers, "trials_dir": trials_dir,
-           "train_storage": f"{sweep_dir}/train", "teacher_root": _teacher_root(sweep, storage, is_uri)}
+           "train_storage": f"{sweep_dir}/train", "sweep_dir": sweep_dir, "teacher_root": _teacher_root(sweep, storage, is_uri)}
     trainable = tune.with_resources(tune.with_parameters(_trial_fn, ctx=ctx), {"CPU": TRIAL_DRIVER_CPU})
     path = f"{sweep_dir}/{tuner_name}"
     if resume and tune.Tuner.can_restore(path):
