@@ -62,6 +62,7 @@ def select_rows(n_rows: int, data: DataConfig, seed: int | None) -> tuple[np.nda
 
 
 def subsample_eval(n_rows: int, max_rows: int | None, seed: int | None) -> np.ndarray:
+    """Row ids of a dev split: all rows, or ``max_rows`` of them drawn with ``seed`` (original order kept)."""
     if max_rows is None or max_rows >= n_rows:
         return np.arange(n_rows)
     return np.sort(np.random.default_rng(seed).choice(n_rows, max_rows, replace=False))
@@ -72,7 +73,17 @@ def prepare_data(
 ) -> PreparedData:
     """Load, select rows, tokenize (cached on disk) and return the splits a run needs.
 
-    ``seed`` is the run's seed; it picks the subsample only when ``data.subsample_seed`` is null.
+    Args:
+        task: GLUE task name.
+        tokenizer: the (fast) tokenizer of the teacher/student; its content hash keys the cache.
+        data: source, folder, subsample sizes, holdout size and cache folder
+            (default ``cache_root()/"tokenized"``).
+        max_seq_length: truncation length (no padding here: :func:`make_collator` pads per batch).
+        seed: the run's seed; it picks the subsample only when ``data.subsample_seed`` is null.
+
+    Returns:
+        PreparedData with ``train`` (subsampled, holdout removed), ``holdout`` (the reward set,
+        independent of ``max_train_samples``) and one ``dev`` dataset per dev split.
     """
     spec = get_task(task)
     raw = load_task(task, source=data.source, data_dir=data.dir)
