@@ -4,8 +4,8 @@ Every distillation trial of a sweep needs the same fine-tuned teacher, so
 :func:`get_teacher` keys a folder by everything that changes the teacher and
 fine-tunes only when that folder is missing; the folder appears atomically (temp
 dir + rename) and a file lock keeps concurrent trials from training it twice.
-The teacher trains on the task's whole train split (the reward holdout included:
-the teacher is not the thing being selected) and is scored on dev with the
+The teacher trains on the task's train split (the reward holdout included: the
+teacher is not the thing being selected; ``data.max_train_samples`` still caps it) and is scored on dev with the
 official metric.
 """
 
@@ -129,10 +129,11 @@ def predict(model: torch.nn.Module, dataset: Any, collate: Callable, batch_size:
     for s in range(0, len(order), batch_size):
         rows = order[s : s + batch_size]
         batch = collate(_rows(dataset, rows))
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        device = next(model.parameters()).device
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         logits = model(**inputs).logits.float()
         out = logits.squeeze(-1) if is_regression else logits.argmax(-1)
-        preds[rows] = out.numpy()
+        preds[rows] = out.cpu().numpy()
         labels[rows] = batch["labels"].numpy()
     return preds, labels
 
@@ -208,16 +209,19 @@ def finetune_teacher(
     seed_everything(teacher.seed)
     tokenizer = load_tokenizer(teacher.model)
     prepared = prepare_data(task, tokenizer, data, max_seq_length, teacher.seed)
+    # The reward holdout is carved off the full split before subsampling: give it back to the
+    # teacher, but never more rows than data.max_train_samples.
     train_sets = [prepared.train] + ([prepared.holdout] if prepared.holdout is not None and len(prepared.holdout) else [])
-    rows = [(ds, i) for ds in train_sets for i in range(len(ds))]
-    lengths = [int(x) for ds in train_sets for x in ds["length"]]
+    rows = [(ds, i) for ds in train_sets for i in range(len(ds))][: data.max_train_samples]
+    lengths = [int(x) for ds in train_sets for x in ds["length"]][: len(rows)]
     if not rows:
         raise ValueError(f"{task}: no training rows (data.max_train_samples={data.max_train_samples})")
     collate = make_collator(tokenizer)
 
     torch.manual_seed(teacher.seed)  # the fresh classification head
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_teacher(teacher.model, spec, attentions=False)  # SDPA: fine-tuning never needs attention maps
-    model.train()
+    model.to(device).train()
     steps_per_epoch = math.ceil(len(rows) / teacher.batch_size)
     total_steps = max(1, math.ceil(teacher.epochs * steps_per_epoch))
     optimizer = _optimizer(model, teacher.lr, teacher.weight_decay)
@@ -231,7 +235,8 @@ def finetune_teacher(
             if step >= total_steps:
                 break
             batch = collate([rows[i][0][rows[i][1]] for i in batch_rows])
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels") if k in batch}
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids", "labels")
+                      if k in batch}
             loss = model(**inputs).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -293,6 +298,7 @@ def _evaluate_finetuned(task: str, path: str, run: RunConfig, root: Path) -> Tea
     tokenizer = load_tokenizer(str(resolved))
     prepared = prepare_data(task, tokenizer, run.data, run.train.max_seq_length, run.teacher.seed)
     model = load_teacher(str(resolved), get_task(task), attentions=False)
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     metrics, score = evaluate(task, model, prepared.dev, make_collator(tokenizer))
     info = {"task": task, "path": str(resolved), "metrics": metrics, "score": score,
             "eval_seconds": time.perf_counter() - start, "key": key}
