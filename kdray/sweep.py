@@ -226,11 +226,12 @@ def _train_loop(cfg: dict[str, Any]) -> None:
         ray.train.report(_finite(metrics), checkpoint=checkpoint)
 
     resume = ray.train.get_checkpoint()
+    t0 = time.perf_counter()
     with resume.as_directory() if resume is not None else _nullcontext() as resume_dir:
         result = train(config, teacher_path=cfg["teacher_path"], report=report, resume_from=resume_dir)
     record = {**result.record(), "traces": result.traces}
     ray.train.report({"dev_score": result.dev_score, "train_seconds": result.train_seconds,
-                      "step": result.train_steps, RECORD_KEY: json.dumps(record, default=float)})
+                      "step": result.train_steps, "kdray_loop_seconds": time.perf_counter() - t0, RECORD_KEY: json.dumps(record, default=float)})
 
 
 class _nullcontext:
@@ -358,7 +359,8 @@ def _make_recorder(sweep_dir: str, sweep: SweepConfig, task: str | None) -> Any:
             if traces:
                 results.append_traces(self.sweep_dir, traces)
             results.append_trials(self.sweep_dir, [row])
-            print(f"[kdray] {row['trial_id']}: {row['status']} dev_score={row['dev_score']}"
+            print(f"[kdray] {row['trial_id']}: {row['status']} dev_score={row['dev_score']} "
+                  f"loop={last.get('kdray_loop_seconds', math.nan):.1f}s"
                   + (f" error={row['error'][:200]}" if row["error"] else ""), flush=True)
 
     return ParquetRecorder()
@@ -562,7 +564,7 @@ def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: st
                 trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
             run_config=tune.RunConfig(
                 name=tuner_name, storage_path=sweep_dir,
-                callbacks=[_make_recorder(sweep_dir, sweep, task)],
+                callbacks=[_make_recorder(_results_dir(sweep_dir, sweep.name), sweep, task)],
                 failure_config=tune.FailureConfig(max_failures=0),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=1),
@@ -571,7 +573,14 @@ def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: st
     return sum(1 for r in grid if r.error is not None or (r.metrics or {}).get(ERROR_KEY))
 
 
+def _results_dir(sweep_dir: str, name: str) -> str:
+    """Where the Parquet files go: the sweep folder, or ./runs/<name> when storage is a URI (kdray.results
+    writes local files; copy them to the bucket afterwards)."""
+    return sweep_dir if "://" not in sweep_dir else str(Path("runs", name).resolve())
+
+
 def _summary(sweep: SweepConfig, sweep_dir: str, seconds: float) -> None:
+    sweep_dir = _results_dir(sweep_dir, sweep.name)
     try:
         from kdray.results import load
 
