@@ -163,10 +163,15 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def _replaceable(out: Path) -> bool:
+    """A missing folder, an empty one, or an older kdray teacher (has metrics.json)."""
+    return not out.exists() or (out / METRICS_FILE).is_file() or (out.is_dir() and not any(out.iterdir()))
+
+
 def _publish(tmp: Path, out: Path) -> None:
     """Move a finished folder into place; replaces an older teacher there but never foreign files."""
     if out.exists():
-        if (out / METRICS_FILE).is_file() or (out.is_dir() and not any(out.iterdir())):
+        if _replaceable(out):
             trash = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.rename(out, trash)
             os.rename(tmp, out)
@@ -204,6 +209,8 @@ def finetune_teacher(
 
         out_dir = teacher_cache_dir(task, teacher, data, max_seq_length, cache_root or default_root())
     out = Path(out_dir)
+    if not _replaceable(out):  # fail before minutes of training, not after
+        raise FileExistsError(f"{out} exists and is not a kdray teacher folder; choose another --out")
     spec = get_task(task)
     start = time.perf_counter()
     seed_everything(teacher.seed)
