@@ -258,6 +258,27 @@ def append_traces(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path:
 # --------------------------------------------------------------------------- reading
 
 
+def mirror_to_uri(sweep_dir: str | Path, uri: str) -> list[str]:
+    """Copy the sweep's Parquet files to ``uri`` (``s3://``, ``gs://``, ``file://``) with pyarrow's filesystems.
+
+    Appends happen on a local folder (they need a lock and an atomic rename); each mirror
+    replaces whole objects, and an object store's PUT is atomic, so readers of the URI never
+    see half a file. Returns the destination paths written.
+    """
+    from pyarrow import fs as pafs
+
+    filesystem, base = pafs.FileSystem.from_uri(uri.rstrip("/"))
+    filesystem.create_dir(base, recursive=True)
+    written = []
+    with _locked(Path(sweep_dir)):
+        for name in (TRIALS_FILE, TRACES_FILE):
+            src = Path(sweep_dir) / name
+            if src.is_file():
+                pafs.copy_files(str(src), f"{base}/{name}", destination_filesystem=filesystem)
+                written.append(f"{base}/{name}")
+    return written
+
+
 def find_sweep_dir(path: str | Path) -> Path:
     """The sweep folder: ``path`` itself, its trials.parquet's folder, or the one sweep below it."""
     p = Path(path)

@@ -326,7 +326,7 @@ def _teacher_id(run: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- recording (driver side)
 
 
-def _make_recorder(sweep_dir: str, sweep: SweepConfig, task: str | None) -> Any:
+def _make_recorder(sweep_dir: str, sweep: SweepConfig, task: str | None, mirror_uri: str | None = None) -> Any:
     from ray.tune import Callback
 
     class ParquetRecorder(Callback):
@@ -334,6 +334,7 @@ def _make_recorder(sweep_dir: str, sweep: SweepConfig, task: str | None) -> Any:
 
         def __init__(self) -> None:
             self.sweep_dir, self.sweep_name, self.task = sweep_dir, sweep.name, task
+            self.mirror_uri = mirror_uri
             self.space = sweep.search.space
             self.started: dict[str, str] = {}
 
@@ -359,6 +360,8 @@ def _make_recorder(sweep_dir: str, sweep: SweepConfig, task: str | None) -> Any:
             if traces:
                 results.append_traces(self.sweep_dir, traces)
             results.append_trials(self.sweep_dir, [row])
+            if self.mirror_uri:  # URI storage: appends stay local, the bucket gets whole files after each
+                results.mirror_to_uri(self.sweep_dir, self.mirror_uri)
             print(f"[kdray] {row['trial_id']}: {row['status']} dev_score={row['dev_score']} "
                   f"loop={last.get('kdray_loop_seconds', math.nan):.1f}s"
                   + (f" error={row['error'][:200]}" if row["error"] else ""), flush=True)
@@ -564,7 +567,8 @@ def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: st
                 trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
             run_config=tune.RunConfig(
                 name=tuner_name, storage_path=sweep_dir,
-                callbacks=[_make_recorder(_results_dir(sweep_dir, sweep.name), sweep, task)],
+                callbacks=[_make_recorder(_results_dir(sweep_dir, sweep.name), sweep, task,
+                                          sweep_dir if "://" in sweep_dir else None)],
                 failure_config=tune.FailureConfig(max_failures=0),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=1),
@@ -574,12 +578,14 @@ def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: st
 
 
 def _results_dir(sweep_dir: str, name: str) -> str:
-    """Where the Parquet files go: the sweep folder, or ./runs/<name> when storage is a URI (kdray.results
-    writes local files; copy them to the bucket afterwards)."""
+    """Where the Parquet files are appended: the sweep folder, or ./runs/<name> when storage is a URI
+    (appends need a local lock and rename; the recorder mirrors whole files to the URI after each)."""
     return sweep_dir if "://" not in sweep_dir else str(Path("runs", name).resolve())
 
 
 def _summary(sweep: SweepConfig, sweep_dir: str, seconds: float) -> None:
+    if "://" in sweep_dir:
+        print(f"[kdray] Parquet files mirrored to {sweep_dir}/ after every trial")
     sweep_dir = _results_dir(sweep_dir, sweep.name)
     try:
         from kdray.results import load

@@ -130,3 +130,14 @@ def test_concurrent_appends_lose_nothing(tmp_path: Path) -> None:
     trials, traces = load(tmp_path)
     assert sorted(trials["trial_id"]) == sorted([f"p{i}" for i in range(15)] + [f"q{i}" for i in range(15)])
     assert len(traces) == 60
+
+
+def test_mirror_to_uri_copies_whole_files(tmp_path: Path) -> None:
+    from kdray.results import append_trials, load, mirror_to_uri, trial_row
+
+    local = tmp_path / "local" / "sw"
+    append_trials(local, [trial_row("sw", "t1", {}, status="ERROR", error="boom")])
+    written = mirror_to_uri(local, f"file://{tmp_path}/bucket/sw")
+    assert written == [f"{tmp_path}/bucket/sw/trials.parquet"]  # no traces yet: nothing half-made
+    trials, _ = load(tmp_path / "bucket" / "sw")
+    assert list(trials["trial_id"]) == ["t1"] and trials["error"].iloc[0] == "boom"
