@@ -1,0 +1,103 @@
+"""`kdray bench --quick`: runs end to end, writes the expected rows, and its ratio checks hold (with margins).
+
+The quick bench runs once per module, as CI runs it (the CLI in a subprocess, so Ray
+starts and stops in its own process). Each target check is its own test, so a miss
+names the target; checks with a known, documented cause are marked xfail with that
+cause (see results/bench/bench.md) and turn into XPASS when the fix lands.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kdray.bench import TARGETS, Row, _check, render
+
+REPO = Path(__file__).resolve().parents[1]
+
+EXPECTED_STEP_ROWS = {"plain", "plain_eager", "all_live", "cached5", "all_cached", "ft_resp_live", "vanilla_kd_live", "vanilla_kd_cached",
+                      "cached4_no_relation", "ft_resp_vs_all_live"}
+EXPECTED_SELECTOR_ROWS = {"phase_state", "phase_reward_set", "phase_decide", "phase_observe", "phase_total",
+                          "overhead_ps1", "overhead_ps10", "overhead_ps50", "overhead_ps50_networks_only",
+                          "overhead_ps50_eval64", "overhead_ps50_one_state"}
+
+# (section, name) of each checked row -> the target key in kdray.bench.TARGETS
+CHECKS = {
+    ("selector", "overhead_ps50"): "selector_ps50",
+    ("step", "cached5"): "cached_vs_plain",
+    ("step", "ft_resp_vs_all_live"): "ft_resp_vs_all",
+    ("ray", "per_trial_overhead"): "ray_per_trial_s",
+}
+KNOWN_MISSES = {
+    "selector_ps50": "reward-set scoring (256 rows per phase) and a duplicated phase-state forward in "
+                     "distill.train dominate; fixes proposed in results/bench/bench.md",
+    "cached_vs_plain": "relation recomputes the teacher's FSP matrices every step (and with the student's in fp32); "
+                       "fix proposed in results/bench/bench.md",
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, float, object, str]:
+    out = tmp_path_factory.mktemp("bench")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "kdray", "bench", "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - t0
+    assert (out / "bench.parquet").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    import pandas as pd
+
+    return proc.returncode, seconds, pd.read_parquet(out / "bench.parquet"), (out / "bench.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_expected_rows(quick_run: tuple[int, float, object, str]) -> None:
+    rc, seconds, df, md = quick_run
+    names = set(zip(df["section"], df["name"]))
+    assert {("step", n) for n in EXPECTED_STEP_ROWS} <= names
+    assert {("selector", n) for n in EXPECTED_SELECTOR_ROWS} <= names
+    assert {("cache", "build_per_1k"), ("cache", "size_per_1k"), ("ray", "init"), ("ray", "per_trial_overhead")} <= names
+    assert ("data", "prepare_uncached") in names or ("data", "skipped") in names
+    plain = df[(df.section == "step") & (df.name == "plain")].iloc[0]
+    assert plain["ratio"] == pytest.approx(1.0) and plain["seconds"] > 0
+    assert (df[df.section == "step"]["seconds"] > 0).all()
+    assert set(df["mode"]) == {"quick"} and "kdray bench --quick" in md and "torch" in md
+    # the exit code is exactly "some check failed beyond its margin"
+    assert rc == (1 if (df["status"] == "FAIL").any() else 0)
+    # CI budget: 2 minutes on 2 cores when the machine is quiet; a hard ceiling here for shared runners
+    print(f"kdray bench --quick took {seconds:.0f} s")
+    assert seconds < 240
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "row_key",
+    [pytest.param(k, marks=pytest.mark.xfail(reason=KNOWN_MISSES[v], strict=False)) if v in KNOWN_MISSES else k
+     for k, v in CHECKS.items()],
+    ids=[v for v in CHECKS.values()],
+)
+def test_quick_bench_target(quick_run: tuple[int, float, object, str], row_key: tuple[str, str]) -> None:
+    _, _, df, _ = quick_run
+    section, name = row_key
+    row = df[(df.section == section) & (df.name == name)].iloc[0]
+    target, margin, how = TARGETS[CHECKS[row_key]]
+    limit = target * (1 + margin) if how == "rel" else target + margin
+    assert row["limit"] == pytest.approx(limit)
+    assert row["value"] <= limit, f"{section}/{name} = {row['value']:.3f} {row['unit']}, limit {limit:.3f} (target {target})"
+
+
+def test_check_statuses_and_render() -> None:
+    """pass at the target, miss inside the margin, FAIL beyond it; the table shows all three."""
+    rows = [_check(Row("step", "a", unit="x", value=1.10), "cached_vs_plain", 1.10),
+            _check(Row("step", "b", unit="x", value=1.15), "cached_vs_plain", 1.15),
+            _check(Row("step", "c", unit="x", value=1.30), "cached_vs_plain", 1.30),
+            _check(Row("selector", "d", unit="x", value=0.025), "selector_ps50", 0.025)]
+    assert [r.status for r in rows] == ["pass", "miss", "FAIL", "miss"]
+    assert rows[0].limit == pytest.approx(1.21) and rows[3].limit == pytest.approx(0.03)
+    md = render(rows, "kdray bench --quick", {"cpus": "2"}, 1.0)
+    assert md.count("\n| step |") == 3 and "FAIL" in md and "`kdray bench --quick`" in md
+    assert not any(math.isnan(r.limit) for r in rows)
