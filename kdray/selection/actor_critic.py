@@ -176,6 +176,9 @@ class ActorCriticSelector(Selector):
                 if self.training:
                     noise = torch.randn(soft.shape, generator=self.generator) * self.config.noise_std
                     action = (soft + noise * self.explore_scale).clamp(0.0, 1.0)
+                # an all-zero soft action (saturated sigmoid or clamped noise) would train on nothing
+                # and the loop rejects it: fall back as hard actions do
+                action = self._fallback(action.clone(), soft)
             q_value = self.critic(z, action)
         action = action[0]
         self._pending = {"teacher": teacher, "student": student, "extra": extra, "action": action,
