@@ -207,10 +207,9 @@ class ResourcesConfig(_Strict):
     gpus_per_worker: float = Field(default=1.0, ge=0)
 
 
-class RunConfig(_Strict):
-    """One distillation run of one task: what ``kdray train`` and every sweep trial execute."""
+class _RunSections(_Strict):
+    """The sections a run file and a search-space file share."""
 
-    task: str = "rte"
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
@@ -218,6 +217,12 @@ class RunConfig(_Strict):
     selector: SelectorConfig = Field(default_factory=SelectorConfig)
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+
+class RunConfig(_RunSections):
+    """One distillation run of one task: what ``kdray train`` and every sweep trial execute."""
+
+    task: str = "rte"
     output_dir: str = "runs/train"
 
     @field_validator("task")
@@ -289,18 +294,11 @@ class SearchConfig(_Strict):
     max_failures: int = Field(default=0, ge=0)  # Ray Train worker restarts per trial
 
 
-class SweepConfig(_Strict):
+class SweepConfig(_RunSections):
     """A search space file: the base run settings, the tasks, and what varies."""
 
     name: str = Field(default="sweep", pattern=r"^[A-Za-z0-9_.-]+$")
     tasks: list[str] = Field(default_factory=lambda: ["rte"], min_length=1)
-    data: DataConfig = Field(default_factory=DataConfig)
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    student: StudentConfig = Field(default_factory=StudentConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    selector: SelectorConfig = Field(default_factory=SelectorConfig)
-    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
 
     @field_validator("tasks")
@@ -310,8 +308,7 @@ class SweepConfig(_Strict):
 
     def base_run(self, task: str) -> dict[str, Any]:
         """The run-config dict every trial of ``task`` starts from (before searched overrides)."""
-        fields = ("data", "teacher", "student", "train", "selector", "knowledge", "resources")
-        run = {name: getattr(self, name).model_dump() for name in fields}
+        run = {name: getattr(self, name).model_dump() for name in _RunSections.model_fields}
         run["task"] = task
         return run
 
