@@ -39,6 +39,8 @@ KNOWN_MISSES = {
                      "distill.train dominate; fixes proposed in results/bench/bench.md",
     "cached_vs_plain": "relation recomputes the teacher's FSP matrices every step (and with the student's in fp32); "
                        "fix proposed in results/bench/bench.md",
+    "ray_per_trial_s": "each Ray Train V2 TorchTrainer starts a controller, helper actors and a worker (fresh "
+                       "Python processes); a plain Tune function trial costs ~1.4 s (results/bench/bench.md)",
 }
 
 
