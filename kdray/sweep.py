@@ -450,7 +450,8 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
     sweep_dir = f"{storage.rstrip('/')}/{sweep.name}"
     runtime_env = {"env_vars": _worker_env()}
     if address is None:
-        ray.init(num_cpus=_local_num_cpus(sweep), num_gpus=0 if not sweep.resources.use_gpu else None,
+        # address="local": always start our own Ray, never join (and clash with) another one on this machine.
+        ray.init(address="local", num_cpus=_local_num_cpus(sweep), num_gpus=0 if not sweep.resources.use_gpu else None,
                  include_dashboard=False, dashboard_host="127.0.0.1", runtime_env=runtime_env,
                  log_to_driver=True, configure_logging=True, logging_level="WARNING")
     else:
