@@ -9,7 +9,6 @@ computed, and the models are asked only for the outputs the selected kinds need.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -27,11 +26,12 @@ from torch import nn
 from kdray import checkpoint as ckpt
 from kdray.config import RunConfig
 from kdray.glue import compute_metrics, get_task, make_collator, prepare_data, primary_score
-from kdray.knowledge import KnowledgeContext, ModelOutputs, build_knowledge, needs_of, run_model, task_loss
+from kdray.knowledge import KnowledgeContext, build_knowledge, needs_of
 from kdray.loop_data import collate_rows, dist_info, epoch_batches, predict, to_device
 from kdray.models import build_student, count_parameters, layer_map, load_teacher, load_tokenizer
 from kdray.paths import cache_root
 from kdray.selection.base import PhaseOutcome, PhaseState, build_selector
+from kdray.step import distill_step, phase_state, teacher_source
 from kdray.teacher_outputs import TeacherOutputCache, build_teacher_cache, cache_key
 
 
@@ -175,22 +175,11 @@ def train(
             order_cache[(segment, epoch)] = epoch_batches(lengths, tc.batch_size, seed, epoch, tc.length_bucketing, rank, world)
         return order_cache[(segment, epoch)][step % batches_per_epoch]
 
-    def teacher_outputs(batch: dict[str, torch.Tensor], rows: list[int], hidden: frozenset[int], attn: frozenset[int]) -> ModelOutputs:
-        if cache is not None and cache.covers(hidden, attn):
-            return cache.outputs(rows, batch["input_ids"].shape[1], hidden, device)
-        with torch.no_grad(), autocast():
-            return run_model(teacher, batch, hidden, attn)
+    teacher_outputs = teacher_source(teacher, cache, device, autocast)
 
     def build_state(batch: dict[str, torch.Tensor], rows: list[int], step: int, steps: int, losses: dict[str, float]) -> PhaseState:
-        t_cls = s_cls = None
-        if selector.needs_state:
-            was = student.training
-            student.eval()
-            with torch.no_grad(), autocast():
-                s_cls = run_model(student, batch, {n_student}).hidden[n_student][:, 0].float()
-                t_cls = teacher_outputs(batch, rows, frozenset({n_teacher}), frozenset()).hidden[n_teacher][:, 0].float()
-            student.train(was)
-        return PhaseState(teacher_cls=t_cls, student_cls=s_cls, losses=losses, progress=step / steps, step=step)
+        return phase_state(student, teacher_outputs, selector.needs_state, batch, rows, n_student, n_teacher,
+                           step, steps, losses, autocast)
 
     def reward_loss() -> float:
         if not score_reward:
@@ -264,20 +253,8 @@ def train(
                 raise ValueError(f"selector {sc.name!r} gave every kind weight 0 at step {step}: {weights}")
 
             # one optimisation step on the selected kinds only
-            need = needs_of(knowledge, weights)
-            with autocast():
-                s_out = run_model(model, batch, need.student_hidden, need.student_attentions)
-                t_out = teacher_outputs(batch, rows, need.teacher_hidden, need.teacher_attentions) if need.teacher else None
-                losses = {k: knowledge[k](s_out, t_out, batch) for k in selector.pool if weights.get(k, 0.0) > 0}
-                loss = sum(weights[k] * v for k, v in losses.items())
-            scaler.scale(loss).backward()
-            _sync_knowledge_grads(knowledge, world)
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([*student.parameters(), *knowledge.parameters()], tc.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, losses = distill_step(model, student, knowledge, selector.pool, weights, batch, rows, teacher_outputs,
+                                        optimizer, scheduler, scaler, tc.max_grad_norm, world, autocast)
             for k, v in losses.items():
                 phase["sums"][k] = phase["sums"].get(k, torch.zeros((), device=device, dtype=torch.float64)) + v.detach().double()
             phase["count"] += 1
@@ -416,16 +393,6 @@ def _agree(weights: dict[str, float], world: int) -> dict[str, float]:
     box = [weights]
     torch_dist.broadcast_object_list(box, src=0)
     return dict(box[0])
-
-
-def _sync_knowledge_grads(knowledge: nn.Module, world: int) -> None:
-    """Projections live outside the DDP-wrapped student, so average their gradients by hand."""
-    if world == 1:
-        return
-    for p in knowledge.parameters():
-        if p.grad is not None:
-            torch_dist.all_reduce(p.grad)
-            p.grad /= world
 
 
 def _init_selector(selector: Any, path: str) -> None:

@@ -1,12 +1,11 @@
 """One distillation step and one selector state, as functions (what ``kdray.bench`` times).
 
-These are the bodies of ``kdray.distill.train``'s inner loop, factored out so the
-benchmark measures the same code users run: the teacher-output source (cache when
+``kdray.distill.train``'s inner loop calls these, and so does the benchmark, so it
+measures the same code users run: the teacher-output source (cache when
 it covers the step's needs, else a live no-grad forward), the phase state the
 selector sees, and one optimisation step on the selected kinds only. They use the
 same primitives as the loop (``run_model``, ``needs_of``, the knowledge modules,
 ``TeacherOutputCache``) and take the loop's objects as arguments.
-``distill.train`` can call them instead of its inline copies (see the bench report).
 """
 
 from __future__ import annotations
@@ -72,6 +71,16 @@ def phase_state(
     return PhaseState(teacher_cls=t_cls, student_cls=s_cls, losses=losses, progress=step / steps, step=step)
 
 
+def sync_knowledge_grads(knowledge: nn.Module, world: int) -> None:
+    """Projections live outside the DDP-wrapped student, so average their gradients by hand."""
+    if world == 1:
+        return
+    for p in knowledge.parameters():
+        if p.grad is not None:
+            torch_dist.all_reduce(p.grad)
+            p.grad /= world
+
+
 def distill_step(
     model: nn.Module,
     student: nn.Module,
@@ -100,11 +109,7 @@ def distill_step(
         losses = {k: knowledge[k](s_out, t_out, batch) for k in pool if weights.get(k, 0.0) > 0}
         loss = sum(weights[k] * v for k, v in losses.items())
     scaler.scale(loss).backward()
-    if world > 1:  # projections live outside the DDP-wrapped student: average their gradients by hand
-        for p in knowledge.parameters():
-            if p.grad is not None:
-                torch_dist.all_reduce(p.grad)
-                p.grad /= world
+    sync_knowledge_grads(knowledge, world)
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_([*student.parameters(), *knowledge.parameters()], max_grad_norm)
     scaler.step(optimizer)
