@@ -242,7 +242,8 @@ def train(
             # phase start: the selector decides the weights until the next decision
             if step % sc.phase_steps == 0 or phase["weights"] is None:
                 t0 = time.perf_counter()
-                st = build_state(batch, rows, step, steps, phase["losses"])
+                # the previous phase's end already built this state (same batch, step, losses and weights)
+                st = phase.pop("next_state", None) or build_state(batch, rows, step, steps, phase["losses"])
                 if score_reward and math.isnan(phase["reward"]):
                     phase["reward"] = reward_loss()
                 weights = selector.decide(st)
@@ -285,7 +286,7 @@ def train(
                         "knowledge": kind, "weight": float(weights.get(kind, 0.0)), "reward": float(record.reward),
                         "q_value": float(record.q_value), "reward_set_loss": float(record.reward_set_loss),
                     })
-                phase.update(weights=None, sums={}, count=0, reward=after, losses=mean_losses)
+                phase.update(weights=None, sums={}, count=0, reward=after, losses=mean_losses, next_state=None if done else nxt)
                 counters["selector_seconds"] += time.perf_counter() - t0
             counters["train_seconds"] += time.perf_counter() - t_step
 
@@ -309,7 +310,9 @@ def train(
                     "student": student.state_dict(), "knowledge": knowledge.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                     "selector": selector.state_dict(), "selector_training": selector.training, "rng": ckpt.rng_state(),
-                    "phase": {**phase, "sums": {k: v.cpu() for k, v in phase["sums"].items()}},
+                    # next_state is not saved (weights_only checkpoints): a resumed run rebuilds it, identically
+                    "phase": {**{k: v for k, v in phase.items() if k != "next_state"},
+                              "sums": {k: v.cpu() for k, v in phase["sums"].items()}},
                     "counters": counters, "traces": traces, "last_eval": last_eval,
                 }, out_dir / "checkpoint" / "checkpoint.pt")
             if metrics_out is not None and report is not None:
