@@ -72,6 +72,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         max_concurrent=args.max_concurrent,
         num_samples=args.num_samples,
+        overrides=dict(_parse_override(o) for o in args.set or []),
     )
 
 
@@ -87,7 +88,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from kdray.bench import run_bench
 
-    return run_bench(quick=args.quick, out_dir=args.out)
+    return run_bench(quick=args.quick, out_dir=args.out, device=args.device)
 
 
 def _parse_override(text: str) -> tuple[str, object]:
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the expanded trials and exit")
     p.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
     p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                   help="override a base setting of the space file, e.g. resources.use_gpu=true")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("train", help="one distillation run in-process (no Ray)")
@@ -155,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time the training step, selector, caches, data loading and Ray overhead")
     p.add_argument("--quick", action="store_true", help="small sizes; fails when a ratio target is missed")
     p.add_argument("--out", default="results/bench", help="folder for bench.parquet and bench.md")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where steps are timed (auto: a GPU when torch sees one)")
     p.set_defaults(func=_cmd_bench)
     return parser
 

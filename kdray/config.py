@@ -205,6 +205,14 @@ class ResourcesConfig(_Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=1.0, ge=0)
+    # Who runs the loop in a sweep. auto: a one-worker trial runs it in the Tune trial's own process (Ray Train's
+    # controller and worker processes add ~15 s per trial and nothing a single process needs); several workers
+    # (DDP) always run as a Ray Train TorchTrainer. ray_train: always a TorchTrainer.
+    trainer: Literal["auto", "ray_train"] = "auto"
+
+    def in_trial(self) -> bool:
+        """Whether a sweep trial runs the loop itself instead of launching a TorchTrainer."""
+        return self.trainer == "auto" and self.workers_per_trial == 1
 
 
 class _RunSections(_Strict):
@@ -299,6 +307,9 @@ class SweepConfig(_RunSections):
 
     name: str = Field(default="sweep", pattern=r"^[A-Za-z0-9_.-]+$")
     tasks: list[str] = Field(default_factory=lambda: ["rte"], min_length=1)
+    # Per-task settings over the shared ones, e.g. {sst2: {train.max_seq_length: 64, data.max_train_samples: 10000}}:
+    # GLUE practice differs per task (length, subsample), and one sweep still holds the whole table.
+    task_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     search: SearchConfig = Field(default_factory=SearchConfig)
 
     @field_validator("tasks")
@@ -306,10 +317,19 @@ class SweepConfig(_RunSections):
     def _known_tasks(cls, v: list[str]) -> list[str]:
         return _check_names(v, GLUE_TASKS, "task")
 
+    @model_validator(mode="after")
+    def _overrides_name_listed_tasks(self) -> "SweepConfig":
+        for task in self.task_overrides:
+            if task not in self.tasks:
+                raise ValueError(f"task_overrides.{task}: not one of this sweep's tasks ({', '.join(self.tasks)})")
+        return self
+
     def base_run(self, task: str) -> dict[str, Any]:
         """The run-config dict every trial of ``task`` starts from (before searched overrides)."""
         run = {name: getattr(self, name).model_dump() for name in _RunSections.model_fields}
         run["task"] = task
+        if self.task_overrides.get(task):
+            run = apply_overrides(run, self.task_overrides[task], source=f"task_overrides.{task}")
         return run
 
 
@@ -387,12 +407,27 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     return validate(RunConfig, raw, str(path))
 
 
-def load_sweep_config(path: str | Path) -> SweepConfig:
-    """Load and validate a search-space file, including every dotted key in ``search.space``."""
+def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Load and validate a search-space file, including every dotted key in ``search.space``.
+
+    ``overrides`` (``kdray sweep --set``) set dotted run settings over the file's before validation.
+    """
     raw = read_yaml(path)
+    for key in overrides or {}:
+        if key.split(".")[0] not in _RunSections.model_fields:
+            raise ConfigError(f"--set {key}: only run settings can be set on a sweep; allowed sections: "
+                              f"{', '.join(_RunSections.model_fields)}")
+    if overrides:
+        raw = apply_overrides(raw, overrides, source=f"{path}: --set")
     sweep: SweepConfig = validate(SweepConfig, raw, str(path))
-    # Cross-field rules of a run (e.g. selector.name=fixed needs weights) apply to the unsearched base too.
-    validate(RunConfig, sweep.base_run(sweep.tasks[0]), str(path))
+    # Cross-field rules of a run (e.g. selector.name=fixed needs weights) apply to the unsearched base of every
+    # task too (task_overrides may change it per task).
+    for task in sweep.tasks:
+        try:
+            base = sweep.base_run(task)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        validate(RunConfig, base, f"{path}: task {task}")
     # Each searched key must address a real run field, and each of its values must validate there.
     for key, dist in sweep.search.space.items():
         if key == "task" or key.startswith("output_dir"):
@@ -427,12 +462,51 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str 
                 where = ".".join(parts[: i + 1])
                 raise ConfigError(f"{source}: {dotted}: unknown key '{where}'; allowed keys: {allowed}")
             if i == len(parts) - 1:
-                node[part] = copy.deepcopy(value)
+                section = fields[part].annotation
+                if isinstance(value, dict) and isinstance(section, type) and issubclass(section, BaseModel):
+                    # A mapping over a section sets its keys one by one: selector={name: actor_critic,
+                    # action: hard} changes those two and keeps the section's other settings.
+                    node[part] = apply_overrides_in(section, node.get(part) or {}, value, f"{source}: {dotted}")
+                else:
+                    node[part] = copy.deepcopy(value)
             else:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):
                     raise ConfigError(f"{source}: {dotted}: '{'.'.join(parts[: i + 1])}' is not a mapping")
                 model = fields[part].annotation
+    return out
+
+
+def flatten_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Mapping values over a section become dotted keys: ``{"selector": {"name": "pkd"}}`` -> ``{"selector.name":
+    "pkd"}``, so each searched setting lands in its own trials.parquet column however the space file grouped it.
+    Mappings that are values themselves (``selector.weights``) stay whole."""
+    out: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        model: Any = RunConfig
+        for part in dotted.split("."):
+            field = getattr(model, "model_fields", {}).get(part)
+            model = field.annotation if field is not None else None
+        if isinstance(value, dict) and value and isinstance(model, type) and issubclass(model, BaseModel):
+            out.update(flatten_overrides({f"{dotted}.{k}": v for k, v in value.items()}))
+        else:
+            out[dotted] = value
+    return out
+
+
+def apply_overrides_in(model: type[BaseModel], raw: dict[str, Any], overrides: dict[str, Any],
+                       source: str) -> dict[str, Any]:
+    """:func:`apply_overrides` inside one section (``model``) of a run config; keys name that section's fields."""
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        fields = model.model_fields
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{key}'; allowed keys: {', '.join(fields)}")
+        section = fields[key].annotation
+        if isinstance(value, dict) and isinstance(section, type) and issubclass(section, BaseModel):
+            out[key] = apply_overrides_in(section, out.get(key) or {}, value, f"{source}.{key}")
+        else:
+            out[key] = copy.deepcopy(value)
     return out
 
 

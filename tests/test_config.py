@@ -52,6 +52,14 @@ CASES = {
     "comments_only": ("# nothing here\n", ["file is empty"]),
     "top_level_list": ("- rte\n- mrpc\n", ["expected a mapping", "list"]),
     "top_level_scalar": ("just words\n", ["expected a mapping", "str"]),
+    "task_override_unlisted_task": ("tasks: [rte]\ntask_overrides: {sst2: {train.max_seq_length: 64}}\n",
+                                    ["task_overrides.sst2", "not one of this sweep's tasks", "rte"]),
+    "task_override_unknown_key": ("tasks: [rte]\ntask_overrides: {rte: {train.max_len: 64}}\n",
+                                  ["task_overrides.rte", "train.max_len", "unknown key", "max_seq_length"]),
+    "task_override_bad_value": ("tasks: [rte]\ntask_overrides: {rte: {train.max_seq_length: 4}}\n",
+                                ["task rte", "train.max_seq_length", "greater than or equal to 8"]),
+    "grid_section_unknown_key": ("search: {space: {selector: {grid: [{name: pkd}, {nam: all}]}}}\n",
+                                 ["search.space", "selector", "unknown key 'nam'", "phase_steps"]),
     "resources_negative": ("resources: {cpus_per_worker: 0}\n", ["resources.cpus_per_worker", "greater than 0"]),
 }
 
@@ -109,3 +117,34 @@ def test_grid_rejects_continuous_distribution(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cont.yaml: search.space.train.lr: .*grid.*optuna"):
         expand_grid(load_sweep_config(path), str(path))
     assert run_sweep(str(path), dry_run=True) == 2
+
+
+def test_section_mappings_in_grid_and_task_overrides(tmp_path: Path) -> None:
+    """A grid over whole-section mappings sets only the named keys; task_overrides apply per task."""
+    path = tmp_path / "methods.yaml"
+    path.write_text(GOOD.replace("tasks: [rte]", "tasks: [rte, sst2]")
+                    + "task_overrides: {sst2: {train.max_seq_length: 64, data.max_train_samples: 100}}\n"
+                    + "search:\n  space:\n    selector: {grid: [{name: pkd}, {name: actor_critic, action: hard}]}\n")
+    trials = expand_grid(load_sweep_config(path), str(path))
+    assert len(trials) == 2 * 2 * 2  # methods x tasks x seeds
+    by = {(t["task"], t["run"]["selector"]["name"]): t for t in trials if t["seed"] == 1}
+    ac = by[("rte", "actor_critic")]
+    assert ac["params"] == {"selector.name": "actor_critic", "selector.action": "hard"}  # one column per key
+    assert ac["run"]["selector"]["action"] == "hard"
+    assert ac["run"]["selector"]["phase_steps"] == 50  # the section's other settings are kept
+    assert by[("rte", "pkd")]["params"] == {"selector.name": "pkd"}
+    assert by[("rte", "pkd")]["run"]["train"]["max_seq_length"] == 128
+    sst2 = by[("sst2", "pkd")]["run"]
+    assert (sst2["train"]["max_seq_length"], sst2["data"]["max_train_samples"]) == (64, 100)
+
+
+def test_sweep_set_overrides_base_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    sweep = load_sweep_config(path, {"resources.use_gpu": True, "resources.gpus_per_worker": 0.25})
+    assert (sweep.resources.use_gpu, sweep.resources.gpus_per_worker) == (True, 0.25)
+    assert [t["trial_key"] for t in expand_grid(sweep)] == [t["trial_key"] for t in expand_grid(load_sweep_config(path))]
+    assert run_sweep(str(path), dry_run=True, overrides={"tasks": ["mrpc"]}) == 2
+    assert "only run settings can be set on a sweep" in capsys.readouterr().err
+    assert run_sweep(str(path), dry_run=True, overrides={"resources.gpu_per_worker": 1}) == 2
+    assert "unknown key 'resources.gpu_per_worker'" in capsys.readouterr().err
