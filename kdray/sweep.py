@@ -13,15 +13,17 @@ Shape of a sweep (``run_sweep``):
 3. Teacher stage: each distinct (teacher, task, teacher.seed, data, max length) is fine-tuned once by
    :func:`kdray.teacher.get_teacher` with the cache under ``<storage>/teachers`` (shared by sweeps of the same
    storage), in the driver for local Ray and as a Ray task (with the trial's GPUs) on a cluster.
-4. Each trial is a Tune function trainable holding ``CPU: 0.01``; it launches a ``TorchTrainer`` whose workers
-   run :func:`kdray.distill.train` and report every evaluation (already all-reduced) to Tune through
-   ``TuneReportCallback``; the last report carries the run record and traces. A driver-side Tune callback
-   appends each finished (or failed) trial to ``trials.parquet``/``traces.parquet`` at once.
+4. Each trial is a Tune function trainable. A one-worker trial (``resources.trainer: auto``) runs
+   :func:`kdray.distill.train` in its own process and reports every evaluation with ``tune.report``; a trial
+   of several workers (DDP) holds ``CPU: 0.01`` and launches a ``TorchTrainer`` whose workers run the loop and
+   report (already all-reduced) to Tune through ``TuneReportCallback``. Either way the last report carries the
+   run record and traces, and a driver-side Tune callback appends each finished (or failed) trial to
+   ``trials.parquet``/``traces.parquet`` at once.
 
-Resource plan: a trial = a 0.01-CPU trial driver + ``workers_per_trial`` workers of ``cpus_per_worker`` CPUs
-(and ``gpus_per_worker`` GPUs). ``max_concurrent_trials`` = how many such trials fit the cluster's CPUs and
-GPUs, so trial drivers never hold resources their own workers wait for. Local Ray gets one spare logical CPU
-for the (idle) trial drivers.
+Resource plan: a trial = its ``workers_per_trial`` x (``cpus_per_worker`` CPUs, ``gpus_per_worker`` GPUs), plus
+a 0.01-CPU trial driver when Ray Train runs the workers. ``max_concurrent_trials`` = how many such trials fit
+the cluster's CPUs and GPUs, so trial drivers never hold resources their own workers wait for. Local Ray gets
+one spare logical CPU for the (idle) trial drivers.
 """
 
 from __future__ import annotations
@@ -37,18 +39,19 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kdray.config import (
     ConfigError,
     Distribution,
     SweepConfig,
     apply_overrides,
+    flatten_overrides,
     load_sweep_config,
     run_config_from_dict,
 )
 
-TRIAL_DRIVER_CPU = 0.01  # the Tune trial itself only waits on its TorchTrainer
+TRIAL_DRIVER_CPU = 0.01  # a Tune trial that launches a TorchTrainer only waits on it
 RECORD_KEY = "kdray_record"  # last report of a trial: the JSON run record (with traces)
 ERROR_KEY = "kdray_error"
 RECORDED_KEY = "kdray_already_recorded"
@@ -103,7 +106,7 @@ def expand_grid(sweep: SweepConfig, source: str = "<sweep>") -> list[dict[str, A
     trials = []
     for task in sweep.tasks:
         for combo in itertools.product(*value_lists):
-            params = dict(zip(keys, combo))
+            params = flatten_overrides(dict(zip(keys, combo)))
             for seed in sweep.train.seeds:
                 for repeat in range(sweep.search.num_samples):
                     run = apply_overrides(sweep.base_run(task), {**params, "train.seed": seed}, source=source)
@@ -171,10 +174,19 @@ def describe(sweep: SweepConfig, trials: list[dict[str, Any]] | None) -> str:
 
 
 def trial_resources(sweep: SweepConfig) -> dict[str, float]:
-    """CPUs and GPUs one trial holds in total (its driver plus its Train workers)."""
+    """CPUs and GPUs one trial holds in total (its driver plus its Train workers, or itself when it runs the loop)."""
     r = sweep.resources
-    return {"CPU": TRIAL_DRIVER_CPU + r.workers_per_trial * r.cpus_per_worker,
+    driver = 0.0 if r.in_trial() else TRIAL_DRIVER_CPU
+    return {"CPU": driver + r.workers_per_trial * r.cpus_per_worker,
             "GPU": r.workers_per_trial * r.gpus_per_worker if r.use_gpu else 0.0}
+
+
+def _tune_resources(sweep: SweepConfig) -> dict[str, float]:
+    """What the Tune trial itself asks for: everything when it runs the loop, else a sliver (Train holds the rest)."""
+    if not sweep.resources.in_trial():
+        return {"CPU": TRIAL_DRIVER_CPU}
+    need = trial_resources(sweep)
+    return {"CPU": need["CPU"], **({"GPU": need["GPU"]} if need["GPU"] else {})}
 
 
 def max_concurrent_trials(sweep: SweepConfig, cluster: dict[str, float], cap: int | None = None) -> int:
@@ -206,10 +218,20 @@ def _train_loop(cfg: dict[str, Any]) -> None:
     """Ray Train worker: one kdray.distill.train run, reports forwarded to Tune (rank 0's, already all-reduced)."""
     import ray.train
 
+    _run_loop(cfg, ray.train.get_context().get_world_rank(), ray.train.report, ray.train.Checkpoint,
+              ray.train.get_checkpoint())
+
+
+def _run_loop(cfg: dict[str, Any], rank: int, report_fn: Callable[..., None], checkpoint_cls: Any,
+              resume: Any) -> None:
+    """One kdray.distill.train run reporting every evaluation (and new checkpoints) through ``report_fn``.
+
+    The same body serves a Ray Train worker (``ray.train.report``) and a Tune trial running the loop itself
+    (``ray.tune.report``); the last report carries the run record and traces.
+    """
     from kdray.distill import train
 
     config = run_config_from_dict(cfg["run"], f"trial {cfg['trial_id']}")
-    rank = ray.train.get_context().get_world_rank()
     ckpt_dir = Path(config.output_dir) / "checkpoint"
     seen = {"mtime": None}
 
@@ -222,15 +244,14 @@ def _train_loop(cfg: dict[str, Any]) -> None:
         path = ckpt_dir / "checkpoint.pt"
         if rank == 0 and path.is_file() and path.stat().st_mtime != seen["mtime"]:
             seen["mtime"] = path.stat().st_mtime  # upload a checkpoint only when the loop wrote a new one
-            checkpoint = ray.train.Checkpoint.from_directory(str(ckpt_dir))
-        ray.train.report(_finite(metrics), checkpoint=checkpoint)
+            checkpoint = checkpoint_cls.from_directory(str(ckpt_dir))
+        report_fn(_finite(metrics), checkpoint=checkpoint)
 
-    resume = ray.train.get_checkpoint()
     t0 = time.perf_counter()
     with resume.as_directory() if resume is not None else _nullcontext() as resume_dir:
         result = train(config, teacher_path=cfg["teacher_path"], report=report, resume_from=resume_dir)
     record = {**result.record(), "traces": result.traces}
-    ray.train.report({"dev_score": result.dev_score, "train_seconds": result.train_seconds,
+    report_fn({"dev_score": result.dev_score, "train_seconds": result.train_seconds,
                       "step": result.train_steps, "kdray_loop_seconds": time.perf_counter() - t0, RECORD_KEY: json.dumps(record, default=float)})
 
 
@@ -281,9 +302,17 @@ def _trial_fn(config: dict[str, Any], ctx: dict[str, Any]) -> None:
 
         teacher_path = str(get_teacher(run["task"], run_config_from_dict(run), ctx["teacher_root"]).path)
     r = sweep.resources
+    loop_config = {"run": run, "trial_id": trial_id, "teacher_path": teacher_path}
+    if r.in_trial():  # one worker: this process runs the loop (no Train controller/worker processes to start)
+        try:
+            _run_loop(loop_config, 0, tune.report, tune.Checkpoint, tune.get_checkpoint())
+        except Exception as err:  # NaN loss, OOM: the trial is recorded as ERROR, the sweep goes on
+            tune.report({"dev_score": math.nan, "train_seconds": math.nan,
+                         ERROR_KEY: f"{type(err).__name__}: {err}"[:2000]})
+        return
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"run": run, "trial_id": trial_id, "teacher_path": teacher_path},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.workers_per_trial, use_gpu=r.use_gpu,
             resources_per_worker={"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}),
@@ -404,7 +433,7 @@ def trial_row(sweep_name: str, trial_id: str, task: str | None, params: dict[str
 
 def run_sweep(space_path: str, address: str | None = None, storage: str | None = None, name: str | None = None,
               resume: bool = False, dry_run: bool = False, max_concurrent: int | None = None,
-              num_samples: int | None = None) -> int:
+              num_samples: int | None = None, overrides: dict[str, Any] | None = None) -> int:
     """Run (or with ``dry_run`` print) the sweep in ``space_path``; returns the process exit code.
 
     Args:
@@ -416,12 +445,14 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
         dry_run: print the expanded trials (grid) or the space (optuna) and exit 0 without Ray.
         max_concurrent: at most this many trials at once (default: as many as the cluster's resources fit).
         num_samples: override ``search.num_samples``.
+        overrides: dotted run settings set over the file's (``--set resources.use_gpu=true``); trial keys do not
+            change, so ``--resume`` with other resources continues the same sweep.
 
     Returns:
         0 when every trial finished, 1 when some trial is recorded as ERROR, 2 for a bad configuration.
     """
     try:
-        sweep = resolve_paths(load_sweep_config(space_path), Path(space_path).resolve().parent)
+        sweep = resolve_paths(load_sweep_config(space_path, overrides), Path(space_path).resolve().parent)
         if num_samples is not None:
             if num_samples < 1:
                 raise ConfigError(f"--num-samples {num_samples}: must be >= 1")
@@ -489,8 +520,6 @@ def _teacher_root(sweep: SweepConfig, storage: str, is_uri: bool) -> str:
 def _teacher_stage(sweep: SweepConfig, trials: list[dict[str, Any]] | None, storage: str, is_uri: bool,
                    local: bool) -> dict[str, str]:
     """Fine-tune (or find) each distinct teacher once; returns teacher id -> folder."""
-    import ray
-
     from kdray.teacher import get_teacher
 
     root = _teacher_root(sweep, storage, is_uri)
@@ -506,6 +535,8 @@ def _teacher_stage(sweep: SweepConfig, trials: list[dict[str, Any]] | None, stor
             print(f"[kdray] teacher {run['task']}: {found.path} (score {found.score:.4f}, {time.time() - t:.1f}s)",
                   flush=True)
         return out
+    import ray
+
     r = sweep.resources
     remote = ray.remote(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker if r.use_gpu else 0)(
         lambda run: str(get_teacher(run["task"], run_config_from_dict(run), root).path))
@@ -522,7 +553,7 @@ def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: st
     trials_dir = f"{sweep_dir}/trials" if not is_uri else str(Path(tempfile.gettempdir()) / "kdray_trials" / sweep.name)
     ctx = {"sweep": sweep.model_dump(), "task": task, "teachers": teachers, "trials_dir": trials_dir,
            "train_storage": f"{sweep_dir}/train", "sweep_dir": sweep_dir, "teacher_root": _teacher_root(sweep, storage, is_uri)}
-    trainable = tune.with_resources(tune.with_parameters(_trial_fn, ctx=ctx), {"CPU": TRIAL_DRIVER_CPU})
+    trainable = tune.with_resources(tune.with_parameters(_trial_fn, ctx=ctx), _tune_resources(sweep))
     path = f"{sweep_dir}/{tuner_name}"
     if resume and tune.Tuner.can_restore(path):
         print(f"[kdray] resuming {path}", flush=True)

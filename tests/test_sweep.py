@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
-def space(tmp: Path, glue_dir: Path, name: str, search: dict, seeds=(1,), selector="vanilla_kd") -> Path:
+def space(tmp: Path, glue_dir: Path, name: str, search: dict, seeds=(1,), selector="vanilla_kd",
+          trainer: str = "auto") -> Path:
     doc = {
         "name": name,
         "tasks": ["rte"],
@@ -34,7 +35,7 @@ def space(tmp: Path, glue_dir: Path, name: str, search: dict, seeds=(1,), select
                   "seeds": list(seeds)},
         "selector": {"name": selector, "phase_steps": 2, "episodes": 1, "episode_steps": 2},
         "knowledge": {"pool": ["finetune", "response"]},
-        "resources": {"workers_per_trial": 1, "cpus_per_worker": 1},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "trainer": trainer},
         "search": search,
     }
     path = tmp / f"{name}.yaml"
@@ -46,9 +47,11 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def test_grid_sweep_with_a_nan_trial(tmp_path: Path, glue_dir: Path) -> None:
+@pytest.mark.parametrize("trainer", ["auto", "ray_train"])
+def test_grid_sweep_with_a_nan_trial(tmp_path: Path, glue_dir: Path, trainer: str) -> None:
+    """Both ways a one-worker trial runs: in the Tune trial itself (auto) and as a Ray Train TorchTrainer."""
     path = space(tmp_path, glue_dir, "grid", {"mode": "grid", "space": {"train.lr": {"grid": [1.0e-4, 1.0e+30]}}},
-                 seeds=(1, 2))
+                 seeds=(1, 2), trainer=trainer)
     code = run_sweep(str(path), storage=str(tmp_path / "runs"))
     assert code == 1  # some trial failed, the sweep still finished
     trials, traces = load(tmp_path / "runs" / "grid")
