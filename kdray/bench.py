@@ -23,10 +23,11 @@ Rows (``bench.parquet``; ``bench.md`` has the table, the command and the machine
 7. ``data/*``: ``glue.prepare_data`` throughput on real RTE (uncached and cached) and
    the per-step collate path;
 8. ``ray/*``: a sweep of 8 trivial trials (2 in ``--quick``, one concurrent round) on a
-   local Ray started and stopped here, wired as ``kdray.sweep`` wires trials (a 0.01-CPU
-   Tune trial launching a one-worker ``TorchTrainer`` that reports through
-   ``TuneReportCallback``): sweep wall time minus in-trial time, per trial; Ray start-up
-   is reported apart, and (full mode) the same trials as plain 1-CPU Tune functions.
+   local Ray started and stopped here, wired as ``kdray.sweep`` wires a one-worker trial
+   (the loop in a 1-CPU Tune function trial): sweep wall time minus in-trial time, per
+   trial; Ray start-up is reported apart, and (full mode) the same trials wired as DDP
+   trials are (a 0.01-CPU Tune trial launching a ``TorchTrainer`` that reports through
+   ``TuneReportCallback``).
 
 Targets (ratios; ``--quick`` exits 1 when one is missed by more than its margin):
 selector at phase_steps=50 <= 2% of (1) (margin +1 point); cached step <= 1.10x (1)
@@ -37,7 +38,6 @@ overhead <= 5 s (margin 50%). Margins cover timing noise of medians on a shared
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import platform
@@ -46,7 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,9 +73,10 @@ FINDINGS = """
   builds three `[B, H, H]` Gram matrices for the student plus their elementwise squared difference; for
   T < H these `[B, H, H]` tensors are larger than the hidden states themselves, so the cost does not
   shrink with the sequence length.
-- **ray/per_trial_overhead** (target 5 s): each Ray Train V2 `TorchTrainer` starts a controller, helper
-  actors and the worker, each a fresh Python process importing torch and ray; on 2 cores that is most of
-  a trial's overhead. `per_trial_overhead_tune_only` is the same trivial trial without Ray Train.
+- **ray/per_trial_overhead** (target 5 s; fixed): each Ray Train V2 `TorchTrainer` starts a controller, helper
+  actors and the worker, each a fresh Python process importing torch and ray; on 2 cores that was 17 s of a
+  trial's overhead. One-worker trials now run the loop in the Tune trial itself (`resources.trainer: auto`);
+  `per_trial_overhead_ray_train` keeps measuring the TorchTrainer path that DDP trials take.
 """
 
 # target, margin, how the margin applies ("rel": limit = target * (1 + margin); "abs": target + margin)
@@ -137,6 +138,13 @@ def _check(row: Row, key: str, value: float) -> Row:
     return row
 
 
+def _clock() -> float:
+    """Wall time after the GPU's queued work is done (CUDA kernels run asynchronously)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def _median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else math.nan
 
@@ -191,15 +199,23 @@ class _Models:
 class _Setup:
     """Both attention kernels' models and the synthetic rows every configuration draws its batches from."""
 
-    def __init__(self, sizes: Sizes, work: Path) -> None:
+    def __init__(self, sizes: Sizes, work: Path, device: torch.device) -> None:
+        from kdray.distill import _amp_dtype
         from kdray.glue import get_task
 
         self.sizes = sizes
-        self.device = torch.device("cpu")
+        self.device = device
         self.spec = get_task("rte")
         self.eager = _Models(sizes, self.spec, True, self.device)
         self.sdpa = _Models(sizes, self.spec, False, self.device)
-        self.scaler = torch.amp.GradScaler("cpu", enabled=False)
+        # The loop's mixed precision: precision=auto is bf16 on GPUs that have it, fp32 on CPUs.
+        amp = _amp_dtype("auto", device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+
+        def autocast() -> Any:
+            return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
+
+        self.autocast = autocast
         # Full-length synthetic pairs ([CLS] a [SEP] b [SEP], no padding): the worst case of a
         # length-bucketed batch at this max length, identical for every configuration.
         g = torch.Generator().manual_seed(0)
@@ -222,14 +238,14 @@ class _Setup:
         return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
     def next_batch(self) -> tuple[dict[str, torch.Tensor], list[int]]:
-        from kdray.loop_data import collate_rows
+        from kdray.loop_data import collate_rows, to_device
 
         b = self.sizes.batch
         n_batches = len(self.rows) // b
         start = (self._batch_i % n_batches) * b
         self._batch_i += 1
         rows = list(range(start, start + b))
-        return collate_rows(self.rows, rows, self.collate), rows
+        return to_device(collate_rows(self.rows, rows, self.collate), self.device), rows
 
     def build_cache(self) -> tuple[Any, float, int, list[int]]:
         """Build the teacher-output cache over all rows; returns (cache, seconds, bytes on disk, layers)."""
@@ -238,21 +254,21 @@ class _Setup:
         layers = self.eager.cache_layers()
         folder = self.work / f"teacher_outputs-{self.sizes.teacher}-{self.sizes.seq_len}"
         shutil.rmtree(folder, ignore_errors=True)
-        t0 = time.perf_counter()
+        t0 = _clock()
         # built with the SDPA teacher: a pool without attention (what caching serves) loads that kernel
         cache = build_teacher_cache(self.sdpa.teacher, self.rows, self.collate, layers, folder, 128, self.device)
-        seconds = time.perf_counter() - t0
+        seconds = _clock() - t0
         size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
         return cache, seconds, size, sorted(layers)
 
 
-def _bench_model(sizes: Sizes, work: Path, log: Callable[[str], None]) -> list[Row]:
+def _bench_model(sizes: Sizes, work: Path, log: Callable[[str], None], device: torch.device) -> list[Row]:
     from kdray.config import KnowledgeConfig, SelectorConfig
     from kdray.loop_data import collate_rows, predict
     from kdray.selection.base import PhaseOutcome, build_selector
     from kdray.step import distill_step, phase_state, teacher_source
 
-    s = _Setup(sizes, work)
+    s = _Setup(sizes, work, device)
     B, T, M = sizes.batch, sizes.seq_len, sizes.model
     rows_out: list[Row] = []
 
@@ -279,16 +295,17 @@ def _bench_model(sizes: Sizes, work: Path, log: Callable[[str], None]) -> list[R
         "cached4_no_relation": (s.sdpa, ["finetune", "response", "feature", "embedding"], True,
                                 "cached kinds without relation (what relation's FSP matrices cost)"),
     }
-    sources = {id(m): (teacher_source(m.teacher, None, s.device), teacher_source(m.teacher, cache, s.device))
+    sources = {id(m): (teacher_source(m.teacher, None, s.device, s.autocast),
+                       teacher_source(m.teacher, cache, s.device, s.autocast))
                for m in (s.eager, s.sdpa)}
 
     def one(m: _Models, kinds: list[str], cached: bool) -> float:
         batch, rows = s.next_batch()
         fn = sources[id(m)][int(cached)]
-        t0 = time.perf_counter()
+        t0 = _clock()
         distill_step(m.student, m.student, m.knowledge, m.pool, {k: 1.0 for k in kinds}, batch, rows, fn,
-                     m.optimizer, m.scheduler, s.scaler, 1.0)
-        return time.perf_counter() - t0
+                     m.optimizer, m.scheduler, s.scaler, 1.0, autocast=s.autocast)
+        return _clock() - t0
 
     times: dict[str, list[float]] = {k: [] for k in configs}
     for m, kinds, cached, _ in configs.values():
@@ -325,24 +342,27 @@ def _bench_model(sizes: Sizes, work: Path, log: Callable[[str], None]) -> list[R
         parts: dict[str, list[float]] = {"state": [], "reward_set": [], "decide": [], "observe": []}
         losses = {k: 1.0 for k in default_pool}
         batch, rows = s.next_batch()
-        st = phase_state(m.student, live, True, batch, rows, m.n_student, m.n_teacher, 0, 1000, {})
+        st = phase_state(m.student, live, True, batch, rows, m.n_student, m.n_teacher, 0, 1000, {},
+                         autocast=s.autocast)
         before = predict(m.student, reward_rows, s.collate, 128, s.device, False)[2]
         for _ in range(selector.config.replay_batch):  # fill the replay so updates run at full batch
             selector.decide(st)
             selector.observe(PhaseOutcome(before, before, losses, st, False))
         for phase in range(1 + sizes.phases):
-            t0 = time.perf_counter()
-            st = phase_state(m.student, live, True, batch, rows, m.n_student, m.n_teacher, phase, 1000, losses)
-            t1 = time.perf_counter()
+            t0 = _clock()
+            st = phase_state(m.student, live, True, batch, rows, m.n_student, m.n_teacher, phase, 1000, losses,
+                             autocast=s.autocast)
+            t1 = _clock()
             selector.decide(st)
-            t2 = time.perf_counter()
+            t2 = _clock()
             after = predict(m.student, reward_rows, s.collate, 128, s.device, False)[2]
-            t3 = time.perf_counter()
+            t3 = _clock()
             nxt_batch = collate_rows(s.rows, rows, s.collate)
-            nxt = phase_state(m.student, live, True, nxt_batch, rows, m.n_student, m.n_teacher, phase + 1, 1000, losses)
-            t4 = time.perf_counter()
+            nxt = phase_state(m.student, live, True, nxt_batch, rows, m.n_student, m.n_teacher, phase + 1, 1000,
+                              losses, autocast=s.autocast)
+            t4 = _clock()
             selector.observe(PhaseOutcome(before, after, losses, nxt, False))
-            t5 = time.perf_counter()
+            t5 = _clock()
             before = after
             if phase == 0:
                 continue  # warm-up
@@ -470,8 +490,8 @@ def _trivial_trial(config: dict[str, Any]) -> None:
     tune.report({"in_trial_s": in_trial, "fit_s": fit_s})
 
 
-def _tune_only_trial(config: dict[str, Any]) -> None:
-    """The same trivial work in the Tune trial itself (no Ray Train): what a single-worker trial could cost."""
+def _in_trial_trial(config: dict[str, Any]) -> None:
+    """The same trivial work in the Tune trial itself, as kdray.sweep runs a one-worker trial (no Ray Train)."""
     from ray import tune
 
     t0 = time.perf_counter()
@@ -481,19 +501,20 @@ def _tune_only_trial(config: dict[str, Any]) -> None:
     tune.report({"in_trial_s": time.perf_counter() - t0, "fit_s": time.perf_counter() - t0})
 
 
-def _bench_ray(work: Path, n_trials: int, log: Callable[[str], None], tune_only: bool) -> list[Row]:
+def _bench_ray(work: Path, n_trials: int, log: Callable[[str], None], with_ray_train: bool) -> list[Row]:
     """Sweeps of ``n_trials`` trivial trials on a local Ray started and stopped here."""
     import ray
     from ray import tune
 
     from kdray.config import SweepConfig
-    from kdray.sweep import QUIET_ENV, TRIAL_DRIVER_CPU, _local_num_cpus, max_concurrent_trials
+    from kdray.sweep import QUIET_ENV, TRIAL_DRIVER_CPU, _local_num_cpus, _tune_resources, max_concurrent_trials
 
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     storage = work / "ray_storage"
     (storage / "train").mkdir(parents=True, exist_ok=True)
-    sweep = SweepConfig()  # default resources: one 1-CPU worker per trial
+    sweep = SweepConfig()  # default resources: one 1-CPU worker per trial, run in the Tune trial (trainer auto)
+    train_sweep = SweepConfig.model_validate({"resources": {"trainer": "ray_train"}})
     t0 = time.perf_counter()
     # address="local": always a fresh local cluster of our own, never another job's running one
     ray.init(address="local", num_cpus=_local_num_cpus(sweep), num_gpus=0, include_dashboard=False,
@@ -502,10 +523,11 @@ def _bench_ray(work: Path, n_trials: int, log: Callable[[str], None], tune_only:
     start_s = time.perf_counter() - t0
     rows: list[Row] = []
     try:
-        concurrent = max_concurrent_trials(sweep, ray.cluster_resources())
-        variants = [("sweep", _trivial_trial, {"CPU": TRIAL_DRIVER_CPU}, concurrent)]
-        if tune_only:
-            variants.append(("tune_only", _tune_only_trial, {"CPU": 1.0}, concurrent))
+        cluster = ray.cluster_resources()
+        variants = [("sweep", _in_trial_trial, _tune_resources(sweep), max_concurrent_trials(sweep, cluster))]
+        if with_ray_train:
+            variants.append(("ray_train", _trivial_trial, {"CPU": TRIAL_DRIVER_CPU},
+                             max_concurrent_trials(train_sweep, cluster)))
         for label, fn, resources, conc in variants:
             tuner = tune.Tuner(
                 tune.with_resources(fn, resources),
@@ -527,14 +549,16 @@ def _bench_ray(work: Path, n_trials: int, log: Callable[[str], None], tune_only:
                 rows.append(_check(Row(
                     "ray", "per_trial_overhead", "local ray", seconds=per, value=per, unit="s/trial", repeats=n_trials,
                     note=f"({wall:.1f} s sweep wall - {in_trial:.3f} s in-trial) / {n_trials} trials; kdray.sweep "
-                         f"wiring: Tune trial -> TorchTrainer(1 worker), {conc} trials at a time"), "ray_per_trial_s", per))
-                rows.append(Row("ray", "trial_latency", "local ray", seconds=latency, value=latency, unit="s/trial",
-                                repeats=n_trials, note="median TorchTrainer.fit wall minus in-trial time, inside a trial"))
+                         f"wiring of a one-worker trial (resources.trainer auto): the loop in a 1-CPU Tune "
+                         f"function trial, {conc} at a time"), "ray_per_trial_s", per))
             else:
-                rows.append(Row("ray", "per_trial_overhead_tune_only", "local ray", seconds=per, value=per,
+                rows.append(Row("ray", "per_trial_overhead_ray_train", "local ray", seconds=per, value=per,
                                 unit="s/trial", repeats=n_trials,
-                                note=f"same trivial work directly in a 1-CPU Tune function trial (no Ray Train), "
-                                     f"{conc} at a time: what single-worker trials could cost"))
+                                note=f"the same trials as a Tune trial -> TorchTrainer(1 worker) (resources.trainer "
+                                     f"ray_train; what every DDP trial pays), {conc} at a time"))
+                rows.append(Row("ray", "trial_latency_ray_train", "local ray", seconds=latency, value=latency,
+                                unit="s/trial", repeats=n_trials,
+                                note="median TorchTrainer.fit wall minus in-trial time, inside a trial"))
     finally:
         t2 = time.perf_counter()
         ray.shutdown()
@@ -547,12 +571,12 @@ def _bench_ray(work: Path, n_trials: int, log: Callable[[str], None], tune_only:
 # --------------------------------------------------------------------------- report
 
 
-def _machine() -> dict[str, str]:
+def _machine(device: torch.device) -> dict[str, str]:
     return {
         "cpus": str(os.cpu_count()),
         "torch_threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
-        "device": "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "device": f"cuda ({torch.cuda.get_device_name(0)}, bf16 autocast)" if device.type == "cuda" else "cpu",
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -608,7 +632,7 @@ def _write(rows: list[Row], out: Path, md: str, meta: dict[str, str]) -> None:
     os.replace(tmp, out / "bench.md")
 
 
-def run_bench(quick: bool = False, out_dir: str = "results/bench") -> int:
+def run_bench(quick: bool = False, out_dir: str = "results/bench", device: str = "auto") -> int:
     """Time the step, selector, cache, data and Ray costs; write bench.parquet and bench.md under ``out_dir``.
 
     Args:
@@ -616,6 +640,7 @@ def run_bench(quick: bool = False, out_dir: str = "results/bench") -> int:
             2 minutes on 2 quiet cores);
             returns 1 when a ratio target is missed by more than its margin.
         out_dir: folder for ``bench.parquet`` (one row per measurement) and ``bench.md``.
+        device: ``auto`` (a GPU when torch sees one, timed with the loop's bf16 autocast), ``cpu`` or ``cuda``.
 
     Returns:
         0, or 1 in quick mode when a target check fails beyond its margin.
@@ -628,23 +653,28 @@ def run_bench(quick: bool = False, out_dir: str = "results/bench") -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("kdray bench --device cuda: torch sees no CUDA device")
+    dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        command += " --device cuda"
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="kdray-bench-") as tmp:
         work = Path(tmp)
         for sizes in QUICK if quick else FULL:
             log(f"[bench] {sizes.model} at batch {sizes.batch} x length {sizes.seq_len}")
-            rows += _bench_model(sizes, work, log)
+            rows += _bench_model(sizes, work, log, dev)
         log("[bench] data loading")
         rows += _bench_data(work, log)
         log("[bench] ray")
-        # quick: one round of trials (CI budget); full: the 8-trial sweep, and the Tune-only variant
+        # quick: one round of trials (CI budget); full: 8 trials, and the same as Ray Train trials
         try:
-            rows += _bench_ray(work, 2 if quick else 8, log, tune_only=not quick)
+            rows += _bench_ray(work, 2 if quick else 8, log, with_ray_train=not quick)
         except Exception as err:  # keep the other measurements; the missing Ray row fails the checks below
             log(f"  ray: failed: {type(err).__name__}: {err}")
             rows.append(Row("ray", "failed", "local ray", status="FAIL", note=f"{type(err).__name__}: {err}"[:300]))
     seconds = time.perf_counter() - t_start
-    machine = _machine()
+    machine = _machine(dev)
     md = render(rows, command, machine, seconds)
     print(md)
     _write(rows, Path(out_dir), md, {"mode": mode, "command": command, **machine,
