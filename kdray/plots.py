@@ -39,6 +39,22 @@ def _joined(traces: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     return traces.merge(ok, on="trial_id", how="inner")
 
 
+def _steps_from_run_start(g: pd.DataFrame) -> pd.DataFrame:
+    """Count the final run's steps from its own start: trace steps count stage-1 episodes too.
+
+    A trial's first record is one phase into the run, so the run started one phase length (the gap between
+    its first two records) before it.
+    """
+    def shift(t: pd.DataFrame) -> pd.Series:
+        steps = sorted(t["step"].unique())
+        phase = steps[1] - steps[0] if len(steps) > 1 else steps[0]
+        return t["step"] - (steps[0] - phase)
+
+    g = g.copy()
+    g["step"] = g.groupby("trial_id", group_keys=False)[["step"]].apply(shift).squeeze()
+    return g
+
+
 def plot_weights(trials: pd.DataFrame, traces: pd.DataFrame, out: Path) -> list[Path]:
     """Per task and varying selector: mean (over seeds) weight of each kind against the step."""
     written: list[Path] = []
@@ -47,7 +63,7 @@ def plot_weights(trials: pd.DataFrame, traces: pd.DataFrame, out: Path) -> list[
         if g.groupby("knowledge")["weight"].nunique().max() <= 1:  # static selectors: nothing to show
             continue
         stage = 2 if (g["stage"] == 2).any() else 1  # the final run; stage-1 episodes only when that is all
-        g = g[g["stage"] == stage]
+        g = _steps_from_run_start(g[g["stage"] == stage])
         fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
         for kind, gk in g.groupby("knowledge"):
             curve = gk.groupby("step")["weight"].agg(["mean", "std", "count"]).sort_index()
