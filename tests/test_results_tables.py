@@ -1,0 +1,28 @@
+"""Committed study tables are exactly what `kdray report` prints for the committed Parquet files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from kdray.report import render
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+STUDIES = sorted(p.parent for p in RESULTS.glob("*/trials.parquet"))
+
+
+def test_there_is_a_committed_study() -> None:
+    assert STUDIES, "no results/*/trials.parquet"
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=[p.name for p in STUDIES])
+def test_readme_table_equals_report(study: Path) -> None:
+    text = (study / "README.md").read_text()
+    blocks = re.findall(r"<!-- kdray report (\S+)(.*?) -->\n(.*?)\n<!-- end of report -->", text, re.S)
+    assert blocks, f"{study}/README.md has no report block"
+    for target, args, table in blocks:
+        by = re.search(r"--by (\w+)", args)
+        assert (RESULTS.parent / target).resolve() == study.resolve(), f"the block names {target}, not {study}"
+        assert table.strip() == render(study, by=by.group(1) if by else "method").strip()
