@@ -159,6 +159,7 @@ class SelectorConfig(_Strict):
     updates_per_phase: int = Field(default=4, ge=1)
     noise_std: float = Field(default=0.3, ge=0)  # Gaussian exploration on soft actions
     noise_decay: float = Field(default=0.97, gt=0, le=1)  # per phase
+    actor_saturation_penalty: float = Field(default=0.01, ge=0)  # on the actor's pre-sigmoid scores, squared
     flip_prob: float = Field(default=0.2, ge=0, le=1)  # epsilon flips on hard actions (decays like noise)
     state_losses: bool = True  # append normalised per-kind losses to the state
     state_progress: bool = True  # append training progress to the state

@@ -30,3 +30,17 @@ def glue_dir() -> Path:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep kdray's caches (tokenized data, tiny models, teachers) out of the user's home."""
     monkeypatch.setenv("KDRAY_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kdray_cache"))
+
+
+@pytest.fixture()
+def tiny_teacher(tmp_path: Path) -> str:
+    """tiny-bert with a metrics.json, so the loop does not spend teacher forwards on scoring it."""
+    import json
+    import shutil
+
+    from kdray.models import resolve_model
+
+    folder = tmp_path / "teacher"
+    shutil.copytree(resolve_model("tiny-bert"), folder)
+    (folder / "metrics.json").write_text(json.dumps({"score": 0.5}))
+    return str(folder)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -71,17 +70,6 @@ def test_cached_teacher_gives_live_losses(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the loop on real RTE with tiny-bert
-
-
-@pytest.fixture()
-def tiny_teacher(tmp_path: Path) -> str:
-    """tiny-bert with a metrics.json, so the loop does not spend teacher forwards on scoring it."""
-    from kdray.models import resolve_model
-
-    folder = tmp_path / "teacher"
-    shutil.copytree(resolve_model("tiny-bert"), folder)
-    (folder / "metrics.json").write_text(json.dumps({"score": 0.5}))
-    return str(folder)
 
 
 def _config(glue_dir: Path, out: Path, **over):

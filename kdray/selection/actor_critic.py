@@ -258,7 +258,10 @@ class ActorCriticSelector(Selector):
         with torch.no_grad():
             z = self.encoder(batch.teacher, batch.student, batch.extra)
         self.critic.requires_grad_(False)
-        actor_loss = -self.critic(z, self.actor(z)).mean()
+        logits = self.actor.logits(z)
+        # A saturated sigmoid has no gradient left: without the penalty an early, noisy critic can push a weight
+        # to 0 or 1 where the policy gradient can no longer move it back (DDPG's pre-activation penalty).
+        actor_loss = -self.critic(z, torch.sigmoid(logits)).mean() + cfg.actor_saturation_penalty * logits.pow(2).mean()
         self.actor_opt.zero_grad()
         actor_loss.backward()
         nn.utils.clip_grad_norm_(self.actor.parameters(), _GRAD_CLIP)

@@ -62,6 +62,10 @@ class Actor(nn.Module):
         """Soft action in (0, 1) per kind."""
         return torch.sigmoid(self.net(state))
 
+    def logits(self, state: torch.Tensor) -> torch.Tensor:
+        """The pre-sigmoid scores (what the saturation penalty keeps in range)."""
+        return self.net(state)
+
 
 class Critic(nn.Module):
     """Q(s, a): 3-layer MLP on the concatenated state and action."""
