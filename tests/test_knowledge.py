@@ -177,27 +177,3 @@ def test_run_model_asks_hf_only_for_what_is_needed() -> None:
     out = run_model(model, batch(), {0, 2}, {4})
     assert set(out.hidden) == {0, 2} and set(out.attentions) == {4}
     assert out.attentions[4].shape == (3, 2, 10, 10)
-
-
-def test_relation_equals_explicit_fsp_mse_in_value_and_gradient() -> None:
-    """The [T, T] Gram-matrix computation gives the MSE of the [H, H] FSP matrices, and the same gradients."""
-    torch.manual_seed(0)
-    mod = build_knowledge(["relation"], ctx(layer_map=((1, 2), (2, 4)), sw=12, tw=20))["relation"].double()
-    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
-    s_hidden = {i: torch.randn(3, 7, 12, dtype=torch.float64, requires_grad=True) for i in (0, 1, 2)}
-    t_hidden = {i: torch.randn(3, 7, 20, dtype=torch.float64) for i in (0, 2, 4)}
-    s = ModelOutputs(logits=torch.zeros(3, 2), hidden=s_hidden)
-    t = ModelOutputs(logits=torch.zeros(3, 2), hidden=t_hidden)
-
-    def explicit() -> torch.Tensor:
-        pairs = [((0, 0), (1, 2)), ((1, 2), (2, 4))]
-        losses = [(fsp_matrix(mod.proj(s_hidden[sa]), mod.proj(s_hidden[sb]), mask)
-                   - fsp_matrix(t_hidden[ta], t_hidden[tb], mask)).pow(2).mean() for (sa, ta), (sb, tb) in pairs]
-        return torch.stack(losses).mean()
-
-    got, want = mod(s, t, {"attention_mask": mask}), explicit()
-    assert got.item() == pytest.approx(want.item(), rel=1e-5)
-    g_got = torch.autograd.grad(got, [s_hidden[1], mod.proj.weight])
-    g_want = torch.autograd.grad(want, [s_hidden[1], mod.proj.weight])
-    for a, b in zip(g_got, g_want):
-        assert torch.allclose(a.double(), b.double(), rtol=1e-4, atol=1e-7)
