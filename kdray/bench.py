@@ -264,7 +264,7 @@ class _Setup:
 
 def _bench_model(sizes: Sizes, work: Path, log: Callable[[str], None], device: torch.device) -> list[Row]:
     from kdray.config import KnowledgeConfig, SelectorConfig
-    from kdray.loop_data import collate_rows, predict
+    from kdray.loop_data import collate_rows, predict, to_device
     from kdray.selection.base import PhaseOutcome, build_selector
     from kdray.step import distill_step, phase_state, teacher_source
 
@@ -357,7 +357,7 @@ def _bench_model(sizes: Sizes, work: Path, log: Callable[[str], None], device: t
             t2 = _clock()
             after = predict(m.student, reward_rows, s.collate, 128, s.device, False)[2]
             t3 = _clock()
-            nxt_batch = collate_rows(s.rows, rows, s.collate)
+            nxt_batch = to_device(collate_rows(s.rows, rows, s.collate), s.device)
             nxt = phase_state(m.student, live, True, nxt_batch, rows, m.n_student, m.n_teacher, phase + 1, 1000,
                               losses, autocast=s.autocast)
             t4 = _clock()
