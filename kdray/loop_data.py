@@ -60,20 +60,28 @@ def predict(
     model: nn.Module, dataset: Any, collate: Callable, batch_size: int, device: torch.device, is_regression: bool,
     rank: int = 0, world: int = 1,
 ) -> tuple[list[float], list[float], float]:
-    """Predictions, labels and mean task loss on ``dataset`` (sharded over ranks, gathered on all)."""
+    """Predictions, labels and mean task loss on ``dataset`` (sharded over ranks, gathered on all).
+
+    Batches are formed in length order, so dynamic padding pads each batch to lengths close to its own
+    rows (the loss is a mean and the metrics are per row, so the order changes neither); predictions and
+    labels come back in the shard's row order.
+    """
     was_training = model.training
     model.eval()
     rows = list(range(rank, len(dataset), world))
-    preds: list[float] = []
-    labels: list[float] = []
+    items = [dataset[i] for i in rows]
+    order = sorted(range(len(items)), key=lambda j: len(items[j]["input_ids"]), reverse=True)
+    preds: list[float] = [0.0] * len(items)
+    labels: list[float] = [0.0] * len(items)
     loss_sum = torch.zeros((), device=device)
-    for s in range(0, len(rows), batch_size):
-        batch = to_device(collate_rows(dataset, rows[s : s + batch_size], collate), device)
+    for s in range(0, len(order), batch_size):
+        chunk = order[s : s + batch_size]
+        batch = to_device(collate([items[j] for j in chunk]), device)
         logits = run_model(model, batch).logits.float()
-        loss_sum += task_loss(logits, batch["labels"], is_regression) * len(batch["labels"])
+        loss_sum += task_loss(logits, batch["labels"], is_regression) * len(chunk)
         p = logits.squeeze(-1) if is_regression else logits.argmax(-1)
-        preds.extend(p.cpu().tolist())
-        labels.extend(batch["labels"].cpu().tolist())
+        for j, pred, label in zip(chunk, p.cpu().tolist(), batch["labels"].cpu().tolist()):
+            preds[j], labels[j] = pred, label
     model.train(was_training)
     if world > 1:
         gathered: list[Any] = [None] * world

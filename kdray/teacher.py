@@ -32,6 +32,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from kdray.config import DataConfig, RunConfig, TeacherConfig
 from kdray.glue import compute_metrics, get_task, make_collator, prepare_data, primary_score
+from kdray.loop_data import predict as loop_predict
 from kdray.models import load_teacher, load_tokenizer, resolve_model
 
 METRICS_FILE = "metrics.json"
@@ -113,29 +114,13 @@ def bucketed_batches(lengths: Sequence[int], batch_size: int, generator: torch.G
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-def _rows(dataset: Any, rows: Sequence[int]) -> list[dict[str, Any]]:
-    return [dataset[int(i)] for i in rows]
-
-
-@torch.no_grad()
 def predict(model: torch.nn.Module, dataset: Any, collate: Callable, batch_size: int,
             is_regression: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions and labels over a dataset, in its row order (batches sorted by length for speed)."""
-    model.eval()
-    lengths = [int(x) for x in dataset["length"]]
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    preds = np.zeros(len(order), dtype=np.float64 if is_regression else np.int64)
-    labels = np.zeros(len(order), dtype=np.float64 if is_regression else np.int64)
-    for s in range(0, len(order), batch_size):
-        rows = order[s : s + batch_size]
-        batch = collate(_rows(dataset, rows))
-        device = next(model.parameters()).device
-        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        logits = model(**inputs).logits.float()
-        out = logits.squeeze(-1) if is_regression else logits.argmax(-1)
-        preds[rows] = out.cpu().numpy()
-        labels[rows] = batch["labels"].numpy()
-    return preds, labels
+    """Predictions and labels over a dataset, in its row order (the training loop's length-ordered evaluation)."""
+    device = next(model.parameters()).device
+    preds, labels, _ = loop_predict(model, dataset, collate, batch_size, device, is_regression)
+    dtype = np.float64 if is_regression else np.int64
+    return np.asarray(preds, dtype=dtype), np.asarray(labels, dtype=dtype)
 
 
 def evaluate(task: str, model: torch.nn.Module, dev: dict[str, Any], collate: Callable,

@@ -69,6 +69,24 @@ def test_cached_teacher_gives_live_losses(tmp_path: Path) -> None:
     assert (again.logits == cache.logits).all()
 
 
+def test_predict_in_length_order_matches_row_by_row() -> None:
+    """Evaluation batches rows by length (less padding) but returns them in dataset order with the same loss."""
+    from kdray.knowledge import task_loss
+    from kdray.loop_data import predict
+
+    model, data = _tiny(3), _rows(11)
+    widths: list[int] = []
+    pad = lambda rows: widths.append(len(rows[0]["input_ids"])) or _pad(rows)  # noqa: E731 (longest row first)
+    preds, labels, loss = predict(model, data, pad, 4, torch.device("cpu"), is_regression=False)
+    assert widths == [10, 7, 5]  # lengths 10,9,8,8 | 7,7,6,6 | 5,5,4: each batch pads to its own longest row
+    with torch.no_grad():
+        logits = [run_model(model, _pad([r])).logits for r in data]
+    assert preds == [int(l.argmax(-1)) for l in logits]
+    assert labels == [int(r["labels"]) for r in data]
+    expected = sum(float(task_loss(l, r["labels"].view(1), False)) for l, r in zip(logits, data)) / len(data)
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
 # --------------------------------------------------------------------------- the loop on real RTE with tiny-bert
 
 
