@@ -530,7 +530,9 @@ def _teacher_stage(sweep: SweepConfig, trials: list[dict[str, Any]] | None, stor
     if local:
         for tid, run in distinct.items():
             t = time.time()
-            found = get_teacher(run["task"], run_config_from_dict(run), root)
+            # the driver fine-tunes teachers one at a time before any trial: show a bar even when the
+            # file turns trial bars off (train.progress: false keeps concurrent trials' logs readable)
+            found = get_teacher(run["task"], run_config_from_dict(run), root, progress=True)
             out[tid] = str(found.path)
             print(f"[kdray] teacher {run['task']}: {found.path} (score {found.score:.4f}, {time.time() - t:.1f}s)",
                   flush=True)
