@@ -258,6 +258,7 @@ class _Setup:
         cache = build_teacher_cache(self.sdpa.teacher, self.rows, self.collate, layers, folder, 128, self.device)
         seconds = _clock() - t0
         size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        cache.keep_on(self.device)  # as distill.train does: on a GPU the cache moves there once when it fits
         return cache, seconds, size, sorted(layers)
 
 

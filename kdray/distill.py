@@ -148,6 +148,8 @@ def train(
         if world > 1:
             torch_dist.barrier()
         cache = TeacherOutputCache(folder)
+        if cache.keep_on(device) and rank == 0:
+            print(f"[kdray] teacher-output cache on {device} ({cache.nbytes / 2**20:.0f} MiB)", flush=True)
 
     # ---- reward set: a fixed subset, scored once per phase when traced or needed
     score_reward = sc.trace_reward_set or selector.learns

@@ -69,6 +69,27 @@ def test_cached_teacher_gives_live_losses(tmp_path: Path) -> None:
     assert (again.logits == cache.logits).all()
 
 
+def test_resident_cache_gathers_what_the_memory_map_gives(tmp_path: Path) -> None:
+    """The device-resident copy (what a GPU run uses) and the host memory map serve identical batches."""
+    data = _rows(12)
+    host = build_teacher_cache(_tiny(0), data, _pad, {0, 2, 4}, tmp_path / "cache", batch_size=5)
+    resident = build_teacher_cache(_tiny(0), data, _pad, {0, 2, 4}, tmp_path / "cache")
+    resident.load_to(torch.device("cpu"))
+    assert not host.resident and resident.resident and not host.keep_on(torch.device("cpu"))
+    for rows, seq_len in (([3, 7, 0, 10], 10), ([6, 5], 6)):  # padded, and truncated below some lengths
+        a = host.outputs(rows, seq_len, {0, 4}, torch.device("cpu"))
+        b = resident.outputs(rows, seq_len, {0, 4}, torch.device("cpu"))
+        assert torch.equal(a.logits, b.logits) and a.hidden.keys() == b.hidden.keys() == {0, 4}
+        for layer in (0, 4):
+            assert a.hidden[layer].shape == (len(rows), seq_len, 32)
+            assert torch.equal(a.hidden[layer], b.hidden[layer])
+            lengths = [len(data[r]["input_ids"]) for r in rows]
+            for i, n in enumerate(lengths):  # zero past each row's end, the row's own tokens before it
+                assert not a.hidden[layer][i, n:].any() and a.hidden[layer][i, : min(n, seq_len)].abs().sum() > 0
+            flat = torch.from_numpy(host.hidden[layer][host.offsets[rows[0]] : host.offsets[rows[0]] + min(lengths[0], seq_len)].copy())
+            assert torch.equal(a.hidden[layer][0, : len(flat)], flat.float())
+
+
 def test_predict_in_length_order_matches_row_by_row() -> None:
     """Evaluation batches rows by length (less padding) but returns them in dataset order with the same loss."""
     from kdray.knowledge import task_loss
