@@ -148,3 +148,15 @@ def test_sweep_set_overrides_base_settings(tmp_path: Path, capsys: pytest.Captur
     assert "only run settings can be set on a sweep" in capsys.readouterr().err
     assert run_sweep(str(path), dry_run=True, overrides={"resources.gpu_per_worker": 1}) == 2
     assert "unknown key 'resources.gpu_per_worker'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_space_files_are_valid(path: Path) -> None:
+    """Every committed space file loads, and a grid expands to trials whose run settings validate."""
+    sweep = load_sweep_config(path)
+    assert sweep.tasks
+    if sweep.search.mode == "grid":
+        trials = expand_grid(sweep, str(path))
+        assert len(trials) >= len(sweep.tasks)
+        assert len({t["trial_key"] for t in trials}) == len(trials)  # what --resume recognises trials by
