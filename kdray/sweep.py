@@ -286,8 +286,12 @@ def _trial_fn(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     sweep = SweepConfig.model_validate(ctx["sweep"])
     trial_id, params = trial_identity(sweep.name, config, ctx["task"], tune.get_context().get_trial_id(),
                                       sweep.search.space)
-    if "trial" in config:  # grid: an explicit trial
-        run = copy.deepcopy(config["trial"]["run"])
+    if "trial" in config:  # grid: an explicit trial, its run looked up by key (kept out of Tune's config)
+        found = ctx["runs"].get(trial_id) or config["trial"].get("run")  # "run" inside: begun by an earlier kdray
+        if found is None:
+            raise ConfigError(f"trial {trial_id} is no longer in the space file (it changed since the sweep began); "
+                              "resume with the original file, or start a new sweep with --name")
+        run = copy.deepcopy(found)
     else:  # optuna: sampled values over the task's base run
         run = apply_overrides(sweep.base_run(ctx["task"]), {**params, "train.seed": sweep.train.seeds[0]})
     recorded = _recorded(ctx["sweep_dir"], trial_id)
@@ -554,6 +558,7 @@ def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: st
     tuner_name = "tune" if task is None else f"tune_{task}"
     trials_dir = f"{sweep_dir}/trials" if not is_uri else str(Path(tempfile.gettempdir()) / "kdray_trials" / sweep.name)
     ctx = {"sweep": sweep.model_dump(), "task": task, "teachers": teachers, "trials_dir": trials_dir,
+           "runs": {t["trial_key"]: t["run"] for t in trials or []},
            "train_storage": f"{sweep_dir}/train", "sweep_dir": sweep_dir, "teacher_root": _teacher_root(sweep, storage, is_uri)}
     trainable = tune.with_resources(tune.with_parameters(_trial_fn, ctx=ctx), _tune_resources(sweep))
     path = f"{sweep_dir}/{tuner_name}"
@@ -575,7 +580,10 @@ def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: st
             scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=search.scheduler.grace_period,
                                       reduction_factor=search.scheduler.reduction_factor)
         if trials is not None:
-            param_space: dict[str, Any] = {"trial": tune.grid_search(trials)}
+            # Tune shows and stores each trial's config: its identity, not the whole run (thousands of
+            # characters in every status line); _trial_fn finds the run by trial_key
+            param_space: dict[str, Any] = {"trial": tune.grid_search([{k: v for k, v in t.items() if k != "run"}
+                                                                      for t in trials])}
             num_samples = 1
         else:
             import optuna

@@ -48,12 +48,15 @@ def env() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("trainer", ["auto", "ray_train"])
-def test_grid_sweep_with_a_nan_trial(tmp_path: Path, glue_dir: Path, trainer: str) -> None:
+def test_grid_sweep_with_a_nan_trial(tmp_path: Path, glue_dir: Path, trainer: str,
+                                     capfd: pytest.CaptureFixture[str]) -> None:
     """Both ways a one-worker trial runs: in the Tune trial itself (auto) and as a Ray Train TorchTrainer."""
     path = space(tmp_path, glue_dir, "grid", {"mode": "grid", "space": {"train.lr": {"grid": [1.0e-4, 1.0e+30]}}},
                  seeds=(1, 2), trainer=trainer)
     code = run_sweep(str(path), storage=str(tmp_path / "runs"))
     assert code == 1  # some trial failed, the sweep still finished
+    shown = capfd.readouterr().out
+    assert "grid-rte-s1-" in shown and "max_grad_norm" not in shown  # Tune shows trial keys, not whole runs
     trials, traces = load(tmp_path / "runs" / "grid")
     assert set(TRIAL_COLUMNS) <= set(trials.columns) and "train.lr" in trials.columns
     assert set(TRACE_COLUMNS) <= set(traces.columns)
