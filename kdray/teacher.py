@@ -11,8 +11,6 @@ official metric.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -23,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +32,7 @@ from kdray.config import DataConfig, RunConfig, TeacherConfig
 from kdray.glue import compute_metrics, get_task, make_collator, prepare_data, primary_score
 from kdray.loop_data import predict as loop_predict
 from kdray.models import load_teacher, load_tokenizer, resolve_model
+from kdray.paths import locked
 
 METRICS_FILE = "metrics.json"
 HYPERPARAMETERS: tuple[str, ...] = ("epochs", "batch_size", "lr", "warmup_ratio", "weight_decay", "seed")
@@ -81,18 +80,6 @@ def _read_result(folder: Path) -> TeacherResult | None:
         return None
     info = json.loads(file.read_text())
     return TeacherResult(folder, dict(info["metrics"]), float(info["score"]), float(info.get("seconds", 0.0)), info)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock file, so parallel trials wait for one teacher instead of training several."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- training
@@ -317,7 +304,7 @@ def get_teacher(task: str, run: RunConfig, cache_root: Path | str, progress: boo
     found = _read_result(folder)
     if found is not None:
         return found
-    with _locked(folder.with_name(f".{folder.name}.lock")):
+    with locked(folder.with_name(f".{folder.name}.lock")):
         found = _read_result(folder)  # another trial may have finished it while we waited
         if found is not None:
             return found

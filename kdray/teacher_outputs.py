@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from kdray.knowledge import ModelOutputs, run_model
+from kdray.paths import locked
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -126,35 +127,44 @@ def build_teacher_cache(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> TeacherOutputCache:
-    """Compute and store the teacher outputs of every row of ``dataset`` (unless already there)."""
+    """Compute and store the teacher outputs of every row of ``dataset`` (unless already there).
+
+    Concurrent trials that need the same cache wait on a lock for the first one's build instead of each
+    building it (three RTE trials of one sweep did). Batches are formed in length order, so the teacher
+    pads each batch only to lengths close to its own rows; rows are stored in dataset order.
+    """
     folder = Path(folder)
-    if (folder / "meta.json").is_file():
-        return TeacherOutputCache(folder)
+    with locked(folder.with_name(f".{folder.name}.lock")):
+        if not (folder / "meta.json").is_file():
+            _build(teacher, dataset, collate, layers, folder, batch_size, device)
+    return TeacherOutputCache(folder)
+
+
+def _build(teacher: nn.Module, dataset: Any, collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+           layers: set[int], folder: Path, batch_size: int, device: torch.device | str) -> None:
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     teacher.eval()
-    n = len(dataset)
-    logits: list[np.ndarray] = []
-    chunks: dict[int, list[np.ndarray]] = {l: [] for l in layers}
-    lengths: list[int] = []
-    for start in range(0, n, batch_size):
-        batch = collate([dataset[i] for i in range(start, min(n, start + batch_size))])
-        batch = {k: v.to(device) for k, v in batch.items()}
+    rows = [dataset[i] for i in range(len(dataset))]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]), reverse=True)
+    logits: list[np.ndarray | None] = [None] * len(rows)
+    lengths = [0] * len(rows)
+    states: dict[int, list[np.ndarray | None]] = {l: [None] * len(rows) for l in layers}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([rows[i] for i in chunk]).items()}
         out = run_model(teacher, batch, set(layers))
         lens = batch["attention_mask"].sum(1).tolist()
-        logits.append(out.logits.float().cpu().numpy().astype(np.float16))
-        for l in layers:
-            h = out.hidden[l].float().cpu().numpy().astype(np.float16)
-            chunks[l].extend(h[i, :ln] for i, ln in enumerate(lens))
-        lengths.extend(int(x) for x in lens)
-    np.save(tmp / "logits.npy", np.concatenate(logits))
+        chunk_logits = out.logits.float().cpu().numpy().astype(np.float16)
+        hidden = {l: out.hidden[l].float().cpu().numpy().astype(np.float16) for l in layers}
+        for j, (i, n) in enumerate(zip(chunk, lens)):
+            logits[i], lengths[i] = chunk_logits[j], int(n)
+            for l in layers:
+                states[l][i] = hidden[l][j, : int(n)]
+    np.save(tmp / "logits.npy", np.stack(logits))
     np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
     for l in layers:
-        np.save(tmp / f"hidden_{l}.npy", np.concatenate(chunks[l]))
-    (tmp / "meta.json").write_text(json.dumps({"layers": sorted(layers), "num_rows": n}))
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process built it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return TeacherOutputCache(folder)
+        np.save(tmp / f"hidden_{l}.npy", np.concatenate(states[l]))
+    (tmp / "meta.json").write_text(json.dumps({"layers": sorted(layers), "num_rows": len(rows)}))
+    os.replace(tmp, folder)

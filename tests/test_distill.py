@@ -69,6 +69,28 @@ def test_cached_teacher_gives_live_losses(tmp_path: Path) -> None:
     assert (again.logits == cache.logits).all()
 
 
+def test_concurrent_cache_builds_wait_for_the_first(tmp_path: Path) -> None:
+    """A trial that finds another building the same cache waits for it and reuses it (no second teacher pass)."""
+    import threading
+
+    from kdray.paths import locked
+
+    data, folder = _rows(), tmp_path / "cache"
+    teacher, calls = _tiny(0), []
+    forward = teacher.forward
+    teacher.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    done: list[object] = []
+    with locked(folder.with_name(f".{folder.name}.lock")):  # another trial is building it
+        waiter = threading.Thread(target=lambda: done.append(build_teacher_cache(teacher, data, _pad, {0, 4}, folder)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not done  # blocked on the lock
+        build_teacher_cache(_tiny(0), data, _pad, {0, 4}, tmp_path / "elsewhere")
+        (tmp_path / "elsewhere").rename(folder)  # the other trial's build lands
+    waiter.join(timeout=30)
+    assert done and not calls  # reused, the waiting trial never ran its teacher
+
+
 def test_resident_cache_gathers_what_the_memory_map_gives(tmp_path: Path) -> None:
     """The device-resident copy (what a GPU run uses) and the host memory map serve identical batches."""
     data = _rows(12)
