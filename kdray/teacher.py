@@ -111,7 +111,7 @@ def predict(model: torch.nn.Module, dataset: Any, collate: Callable, batch_size:
 
 
 def evaluate(task: str, model: torch.nn.Module, dev: dict[str, Any], collate: Callable,
-             batch_size: int = 128) -> tuple[dict[str, float], float]:
+             batch_size: int = 32) -> tuple[dict[str, float], float]:
     """Official dev metrics (keys prefixed by split when there are several, e.g. MNLI) and the primary score."""
     spec = get_task(task)
     metrics: dict[str, float] = {}
