@@ -52,6 +52,9 @@ from typing import Any, Callable
 
 import torch
 
+from kdray.config import TrainConfig
+
+EVAL_BATCH = TrainConfig().eval_batch_size  # what the loop scores reward sets and builds caches with
 ALL_KINDS = ["finetune", "response", "feature", "relation", "attention", "embedding"]
 CACHED_KINDS = ["finetune", "response", "feature", "relation", "embedding"]  # attentions are not cached
 
@@ -67,6 +70,9 @@ FINDINGS = """
   for R <= 0.06*B*phase_steps = 96 rows, before any state cost: the 2% target needs a smaller reward set
   (`overhead_ps50_eval64`), longer phases, or a state taken from the training step's own forward.
   On a GPU the CPU-side critic/actor updates (`phase_observe`) weigh more, because the GPU step is short.
+  The rows timed here all hold 128 real tokens, the worst case for scoring: real reward sets are scored in
+  length-ordered batches of `train.eval_batch_size` (32), which pad little (RTE's 124-row reward set, median
+  59 tokens: 1.00 s against 1.87 s in dataset-order batches of 128, 2-core CPU, MiniLM 3-layer student).
 - **step/cached5** (target 1.10x): `cached4_no_relation` is close to `plain`; the extra is `relation`:
   per step it recomputes the teacher's FSP matrices from cached hidden states (constant per row) and
   builds three `[B, H, H]` Gram matrices for the student plus their elementwise squared difference; for
@@ -255,7 +261,7 @@ class _Setup:
         shutil.rmtree(folder, ignore_errors=True)
         t0 = _clock()
         # built with the SDPA teacher: a pool without attention (what caching serves) loads that kernel
-        cache = build_teacher_cache(self.sdpa.teacher, self.rows, self.collate, layers, folder, 128, self.device)
+        cache = build_teacher_cache(self.sdpa.teacher, self.rows, self.collate, layers, folder, EVAL_BATCH, self.device)
         seconds = _clock() - t0
         size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
         cache.keep_on(self.device)  # as distill.train does: on a GPU the cache moves there once when it fits
@@ -344,7 +350,7 @@ def _bench_model(sizes: Sizes, work: Path, log: Callable[[str], None], device: t
         batch, rows = s.next_batch()
         st = phase_state(m.student, live, True, batch, rows, m.n_student, m.n_teacher, 0, 1000, {},
                          autocast=s.autocast)
-        before = predict(m.student, reward_rows, s.collate, 128, s.device, False)[2]
+        before = predict(m.student, reward_rows, s.collate, EVAL_BATCH, s.device, False)[2]
         for _ in range(selector.config.replay_batch):  # fill the replay so updates run at full batch
             selector.decide(st)
             selector.observe(PhaseOutcome(before, before, losses, st, False))
@@ -353,7 +359,7 @@ def _bench_model(sizes: Sizes, work: Path, log: Callable[[str], None], device: t
             t1 = t0 = _clock()
             selector.decide(st)
             t2 = _clock()
-            after = predict(m.student, reward_rows, s.collate, 128, s.device, False)[2]
+            after = predict(m.student, reward_rows, s.collate, EVAL_BATCH, s.device, False)[2]
             t3 = _clock()
             nxt_batch = to_device(collate_rows(s.rows, rows, s.collate), s.device)
             nxt = phase_state(m.student, live, True, nxt_batch, rows, m.n_student, m.n_teacher, phase + 1, 1000,
@@ -374,7 +380,7 @@ def _bench_model(sizes: Sizes, work: Path, log: Callable[[str], None], device: t
 
     default = selector_phase_costs(256)
     notes = {"state": "[CLS] student fwd + teacher fwd at the phase end (reused for the next decision)",
-             "reward_set": "student loss on 256 reward-set rows (eval batch 128), once per phase",
+             "reward_set": f"student loss on 256 reward-set rows (eval batch {EVAL_BATCH}), once per phase",
              "decide": "encoder + actor + critic forward",
              "observe": "shaping + replay + 4 critic/actor updates",
              "total": "ratio = one phase in plain steps"}
