@@ -55,6 +55,13 @@ def collate_rows(dataset: Any, rows: Sequence[int], collate: Callable[[list[dict
     return collate([dataset[int(i)] for i in rows])
 
 
+def longest_first_batches(items: Sequence[dict[str, Any]], batch_size: int) -> list[list[int]]:
+    """Positions of ``items`` grouped into batches of similar length, longest first: dynamic padding then pads
+    each batch only to lengths close to its own rows (evaluation and the teacher-output cache build)."""
+    order = sorted(range(len(items)), key=lambda j: len(items[j]["input_ids"]), reverse=True)
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module, dataset: Any, collate: Callable, batch_size: int, device: torch.device, is_regression: bool,
@@ -70,12 +77,10 @@ def predict(
     model.eval()
     rows = list(range(rank, len(dataset), world))
     items = [dataset[i] for i in rows]
-    order = sorted(range(len(items)), key=lambda j: len(items[j]["input_ids"]), reverse=True)
     preds: list[float] = [0.0] * len(items)
     labels: list[float] = [0.0] * len(items)
     loss_sum = torch.zeros((), device=device)
-    for s in range(0, len(order), batch_size):
-        chunk = order[s : s + batch_size]
+    for chunk in longest_first_batches(items, batch_size):
         batch = to_device(collate([items[j] for j in chunk]), device)
         logits = run_model(model, batch).logits.float()
         loss_sum += task_loss(logits, batch["labels"], is_regression) * len(chunk)

