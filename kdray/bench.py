@@ -52,9 +52,8 @@ from typing import Any, Callable
 
 import torch
 
-from kdray.config import TrainConfig
+from kdray.config import EVAL_BATCH_SIZE  # what the loop scores reward sets and builds caches with
 
-EVAL_BATCH = TrainConfig().eval_batch_size  # what the loop scores reward sets and builds caches with
 ALL_KINDS = ["finetune", "response", "feature", "relation", "attention", "embedding"]
 CACHED_KINDS = ["finetune", "response", "feature", "relation", "embedding"]  # attentions are not cached
 
@@ -261,7 +260,7 @@ class _Setup:
         shutil.rmtree(folder, ignore_errors=True)
         t0 = _clock()
         # built with the SDPA teacher: a pool without attention (what caching serves) loads that kernel
-        cache = build_teacher_cache(self.sdpa.teacher, self.rows, self.collate, layers, folder, EVAL_BATCH, self.device)
+        cache = build_teacher_cache(self.sdpa.teacher, self.rows, self.collate, layers, folder, EVAL_BATCH_SIZE, self.device)
         seconds = _clock() - t0
         size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
         cache.keep_on(self.device)  # as distill.train does: on a GPU the cache moves there once when it fits
@@ -350,7 +349,7 @@ def _bench_model(sizes: Sizes, work: Path, log: Callable[[str], None], device: t
         batch, rows = s.next_batch()
         st = phase_state(m.student, live, True, batch, rows, m.n_student, m.n_teacher, 0, 1000, {},
                          autocast=s.autocast)
-        before = predict(m.student, reward_rows, s.collate, EVAL_BATCH, s.device, False)[2]
+        before = predict(m.student, reward_rows, s.collate, EVAL_BATCH_SIZE, s.device, False)[2]
         for _ in range(selector.config.replay_batch):  # fill the replay so updates run at full batch
             selector.decide(st)
             selector.observe(PhaseOutcome(before, before, losses, st, False))
@@ -359,7 +358,7 @@ def _bench_model(sizes: Sizes, work: Path, log: Callable[[str], None], device: t
             t1 = t0 = _clock()
             selector.decide(st)
             t2 = _clock()
-            after = predict(m.student, reward_rows, s.collate, EVAL_BATCH, s.device, False)[2]
+            after = predict(m.student, reward_rows, s.collate, EVAL_BATCH_SIZE, s.device, False)[2]
             t3 = _clock()
             nxt_batch = to_device(collate_rows(s.rows, rows, s.collate), s.device)
             nxt = phase_state(m.student, live, True, nxt_batch, rows, m.n_student, m.n_teacher, phase + 1, 1000,
@@ -380,7 +379,7 @@ def _bench_model(sizes: Sizes, work: Path, log: Callable[[str], None], device: t
 
     default = selector_phase_costs(256)
     notes = {"state": "[CLS] student fwd + teacher fwd at the phase end (reused for the next decision)",
-             "reward_set": f"student loss on 256 reward-set rows (eval batch {EVAL_BATCH}), once per phase",
+             "reward_set": f"student loss on 256 reward-set rows (eval batch {EVAL_BATCH_SIZE}), once per phase",
              "decide": "encoder + actor + critic forward",
              "observe": "shaping + replay + 4 critic/actor updates",
              "total": "ratio = one phase in plain steps"}

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from kdray.config import DataConfig, RunConfig, TeacherConfig
+from kdray.config import EVAL_BATCH_SIZE, DataConfig, RunConfig, TeacherConfig
 from kdray.glue import compute_metrics, get_task, make_collator, prepare_data, primary_score
 from kdray.loop_data import predict as loop_predict
 from kdray.models import load_teacher, load_tokenizer, resolve_model
@@ -111,7 +111,7 @@ def predict(model: torch.nn.Module, dataset: Any, collate: Callable, batch_size:
 
 
 def evaluate(task: str, model: torch.nn.Module, dev: dict[str, Any], collate: Callable,
-             batch_size: int = 32) -> tuple[dict[str, float], float]:
+             batch_size: int = EVAL_BATCH_SIZE) -> tuple[dict[str, float], float]:
     """Official dev metrics (keys prefixed by split when there are several, e.g. MNLI) and the primary score."""
     spec = get_task(task)
     metrics: dict[str, float] = {}
