@@ -27,7 +27,7 @@ from kdray import checkpoint as ckpt
 from kdray.config import RunConfig
 from kdray.glue import compute_metrics, get_task, make_collator, prepare_data, primary_score
 from kdray.knowledge import KnowledgeContext, build_knowledge, needs_of
-from kdray.loop_data import collate_rows, dist_info, epoch_batches, predict, to_device
+from kdray.loop_data import RewardSet, collate_rows, dist_info, epoch_batches, predict, to_device
 from kdray.models import build_student, count_parameters, layer_map, load_teacher, load_tokenizer
 from kdray.paths import cache_root
 from kdray.selection.base import PhaseOutcome, PhaseState, build_selector
@@ -155,6 +155,7 @@ def train(
     score_reward = sc.trace_reward_set or selector.learns
     reward_source = data.holdout if sc.reward.reward_set == "train_holdout" else data.dev[spec.dev_splits[0]]
     reward_rows = reward_source.select(range(min(sc.reward.eval_examples, len(reward_source))))
+    reward_set = RewardSet(reward_rows, collate, tc.eval_batch_size, device) if score_reward else None
 
     # ---- mixed precision: one autocast context, GradScaler only for fp16
     amp_dtype = _amp_dtype(tc.precision, device)
@@ -184,9 +185,7 @@ def train(
                            step, steps, losses, autocast)
 
     def reward_loss() -> float:
-        if not score_reward:
-            return math.nan
-        return predict(student, reward_rows, collate, tc.eval_batch_size, device, spec.is_regression)[2]
+        return math.nan if reward_set is None else reward_set.loss(student, spec.is_regression)
 
     def evaluate() -> tuple[float, dict[str, float]]:
         metrics: dict[str, float] = {}
@@ -232,6 +231,7 @@ def train(
             scaler.load_state_dict(state["scaler"])
             phase = dict(state["phase"])
             phase["sums"] = {k: v.to(device) for k, v in phase["sums"].items()}
+            phase["next_state"] = _state_dict(phase.get("next_state"), device)
             start_step = int(state["step"])
         student.train()
         loss_since_eval, n_since_eval = torch.zeros((), device=device), 0
@@ -244,8 +244,9 @@ def train(
             # phase start: the selector decides the weights until the next decision
             if step % sc.phase_steps == 0 or phase["weights"] is None:
                 t0 = time.perf_counter()
-                # the previous phase's end already built this state (same batch, step, losses and weights)
-                st = phase.pop("next_state", None) or build_state(batch, rows, step, steps, phase["losses"])
+                # the previous phase's last step gave the state; a segment's first decision builds its own
+                saved = phase.pop("next_state", None)
+                st = PhaseState(**saved) if saved else build_state(batch, rows, step, steps, phase["losses"])
                 if score_reward and math.isnan(phase["reward"]):
                     phase["reward"] = reward_loss()
                 weights = selector.decide(st)
@@ -255,9 +256,13 @@ def train(
             if not any(weights.get(k, 0.0) > 0 for k in selector.pool):
                 raise ValueError(f"selector {sc.name!r} gave every kind weight 0 at step {step}: {weights}")
 
-            # one optimisation step on the selected kinds only
-            loss, losses = distill_step(model, student, knowledge, selector.pool, weights, batch, rows, teacher_outputs,
-                                        optimizer, scheduler, scaler, tc.max_grad_norm, world, autocast)
+            # one optimisation step on the selected kinds only; a phase's last step also gives the next state
+            done = step + 1 == steps
+            phase_end = (step + 1) % sc.phase_steps == 0 or done
+            result = distill_step(model, student, knowledge, selector.pool, weights, batch, rows, teacher_outputs,
+                                  optimizer, scheduler, scaler, tc.max_grad_norm, world, autocast,
+                                  state_layers=(n_student, n_teacher) if phase_end and selector.needs_state else None)
+            loss, losses = result.loss, result.losses
             for k, v in losses.items():
                 phase["sums"][k] = phase["sums"].get(k, torch.zeros((), device=device, dtype=torch.float64)) + v.detach().double()
             phase["count"] += 1
@@ -273,14 +278,13 @@ def train(
                     bar.set_postfix(loss=f"{loss.item():.4f}")  # the only sync inside the loop, every log_every steps
 
             # phase end: reward-set loss, then the selector observes and the trace grows
-            done = step + 1 == steps
-            if (step + 1) % sc.phase_steps == 0 or done:
+            if phase_end:
                 t0 = time.perf_counter()
                 mean_losses = {k: float(v) / phase["count"] for k, v in phase["sums"].items()}
                 after = reward_loss()
-                nxt_rows = rows if done else rows_at(segment, step + 1)
-                nxt_batch = batch if done else to_device(collate_rows(data.train, nxt_rows, collate), device)
-                nxt = build_state(nxt_batch, nxt_rows, step + 1, steps, mean_losses)
+                # the state at the next decision: this phase's last batch, from the step's own forward
+                nxt = PhaseState(teacher_cls=result.teacher_cls, student_cls=result.student_cls, losses=mean_losses,
+                                 progress=(step + 1) / steps, step=step + 1)
                 record = selector.observe(PhaseOutcome(phase["reward"], after, mean_losses, nxt, done))
                 for kind in selector.pool:
                     traces.append({
@@ -288,7 +292,8 @@ def train(
                         "knowledge": kind, "weight": float(weights.get(kind, 0.0)), "reward": float(record.reward),
                         "q_value": float(record.q_value), "reward_set_loss": float(record.reward_set_loss),
                     })
-                phase.update(weights=None, sums={}, count=0, reward=after, losses=mean_losses, next_state=None if done else nxt)
+                phase.update(weights=None, sums={}, count=0, reward=after, losses=mean_losses,
+                             next_state=None if done else _state_dict(nxt))
                 counters["selector_seconds"] += time.perf_counter() - t0
             counters["train_seconds"] += time.perf_counter() - t_step
 
@@ -312,9 +317,10 @@ def train(
                     "student": student.state_dict(), "knowledge": knowledge.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                     "selector": selector.state_dict(), "selector_training": selector.training, "rng": ckpt.rng_state(),
-                    # next_state is not saved (weights_only checkpoints): a resumed run rebuilds it, identically
-                    "phase": {**{k: v for k, v in phase.items() if k != "next_state"},
-                              "sums": {k: v.cpu() for k, v in phase["sums"].items()}},
+                    # next_state (tensors and numbers, weights_only-safe) came from a training forward that a
+                    # resume cannot repeat, so it is saved
+                    "phase": {**phase, "sums": {k: v.cpu() for k, v in phase["sums"].items()},
+                              "next_state": _state_dict(phase.get("next_state"), torch.device("cpu"))},
                     "counters": counters, "traces": traces, "last_eval": last_eval,
                 }, out_dir / "checkpoint" / "checkpoint.pt")
             if metrics_out is not None and report is not None:
@@ -343,6 +349,17 @@ def train(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _state_dict(state: PhaseState | dict[str, Any] | None, device: torch.device | None = None) -> dict[str, Any] | None:
+    """A phase state as plain fields (what the phase dict and checkpoints hold), tensors moved to ``device``."""
+    if state is None:
+        return None
+    fields = dict(state) if isinstance(state, dict) else dict(vars(state))
+    for key in ("teacher_cls", "student_cls"):
+        if fields[key] is not None and device is not None:
+            fields[key] = fields[key].to(device)
+    return fields
 
 
 def _device(config: RunConfig) -> torch.device:

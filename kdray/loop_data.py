@@ -82,8 +82,8 @@ def predict(
     loss_sum = torch.zeros((), device=device)
     for chunk in longest_first_batches(items, batch_size):
         batch = to_device(collate([items[j] for j in chunk]), device)
-        logits = run_model(model, batch).logits.float()
-        loss_sum += task_loss(logits, batch["labels"], is_regression) * len(chunk)
+        logits, loss = _scored(model, batch, is_regression)
+        loss_sum += loss
         p = logits.squeeze(-1) if is_regression else logits.argmax(-1)
         for j, pred, label in zip(chunk, p.cpu().tolist(), batch["labels"].cpu().tolist()):
             preds[j], labels[j] = pred, label
@@ -95,3 +95,32 @@ def predict(
         labels = [l for g in gathered for l in g[1]]
         torch_dist.all_reduce(loss_sum)
     return preds, labels, float(loss_sum) / max(1, len(dataset))
+
+
+def _scored(model: nn.Module, batch: dict[str, torch.Tensor], is_regression: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 logits, summed task loss) of one batch: the mean loss times its row count."""
+    logits = run_model(model, batch).logits.float()
+    return logits, task_loss(logits, batch["labels"], is_regression) * len(batch["labels"])
+
+
+class RewardSet:
+    """The selector's reward set as fixed batches, collated once and kept on the device.
+
+    The same rows are scored at every phase end, so reading them from the dataset, ordering them
+    by length and padding them is done here once instead of every phase.
+    """
+
+    def __init__(self, dataset: Any, collate: Callable, batch_size: int, device: torch.device) -> None:
+        items = [dataset[i] for i in range(len(dataset))]
+        self.rows = len(items)
+        self.batches = [to_device(collate([items[j] for j in chunk]), device)
+                        for chunk in longest_first_batches(items, batch_size)]
+
+    @torch.no_grad()
+    def loss(self, model: nn.Module, is_regression: bool) -> float:
+        """Mean task loss of ``model`` over the set (eval mode for the forward, the mode restored after)."""
+        was_training = model.training
+        model.eval()
+        total = sum(_scored(model, batch, is_regression)[1] for batch in self.batches)
+        model.train(was_training)
+        return float(total) / max(1, self.rows)

@@ -6,12 +6,18 @@ it covers the step's needs, else a live no-grad forward), the phase state the
 selector sees, and one optimisation step on the selected kinds only. They use the
 same primitives as the loop (``run_model``, ``needs_of``, the knowledge modules,
 ``TeacherOutputCache``) and take the loop's objects as arguments.
+
+The selector's state at a phase boundary comes from the phase's last training step
+(``distill_step(..., state_layers=...)``): the student's final layer is part of the
+forward that step runs anyway, and so is the teacher's whenever a selected kind ran
+the teacher. Only a run's first decision, with no step behind it, pays for its own
+forwards (``phase_state``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 import torch.distributed as torch_dist
@@ -71,6 +77,22 @@ def phase_state(
     return PhaseState(teacher_cls=t_cls, student_cls=s_cls, losses=losses, progress=step / steps, step=step)
 
 
+class StepResult(NamedTuple):
+    """What one optimisation step gives back.
+
+    Attributes:
+        loss: the weighted loss (a device tensor; reading it syncs).
+        losses: unweighted loss per computed kind.
+        teacher_cls / student_cls: final-layer [CLS] vectors of this step's batch, ``[B, H]`` fp32,
+            when the step was asked for them (``state_layers``), else None.
+    """
+
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    teacher_cls: torch.Tensor | None = None
+    student_cls: torch.Tensor | None = None
+
+
 def sync_knowledge_grads(knowledge: nn.Module, world: int) -> None:
     """Projections live outside the DDP-wrapped student, so average their gradients by hand."""
     if world == 1:
@@ -96,18 +118,32 @@ def distill_step(
     max_grad_norm: float,
     world: int = 1,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = no_autocast,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimisation step on the kinds with a non-zero weight; returns (weighted loss, per-kind losses).
+    state_layers: tuple[int, int] | None = None,
+) -> StepResult:
+    """One optimisation step on the kinds with a non-zero weight.
 
     ``model`` is the (possibly DDP-wrapped) student that runs the forward, ``student`` the bare one.
     Kinds with weight 0 are not computed, and the teacher is not run when no selected kind needs it.
+    ``state_layers`` = (student layers, teacher layers) asks for both final-layer [CLS] vectors as well
+    (the selector's state at a phase end): the student's come from this step's own forward (train mode,
+    before the update), the teacher's from its forward here, or, when no selected kind ran it, from the
+    cache or one no-grad forward.
     """
     need = needs_of(knowledge, weights)
+    s_hidden, t_hidden = need.student_hidden, need.teacher_hidden
+    if state_layers is not None:
+        s_hidden, t_hidden = s_hidden | {state_layers[0]}, t_hidden | {state_layers[1]}
+    t_cls = s_cls = None
     with autocast():
-        s_out = run_model(model, batch, need.student_hidden, need.student_attentions)
-        t_out = teacher_fn(batch, rows, need.teacher_hidden, need.teacher_attentions) if need.teacher else None
+        s_out = run_model(model, batch, s_hidden, need.student_attentions)
+        t_out = teacher_fn(batch, rows, t_hidden, need.teacher_attentions) if need.teacher else None
         losses = {k: knowledge[k](s_out, t_out, batch) for k in pool if weights.get(k, 0.0) > 0}
         loss = sum(weights[k] * v for k, v in losses.items())
+        if state_layers is not None:
+            s_cls = s_out.hidden[state_layers[0]][:, 0].detach().float()
+            if t_out is None:
+                t_out = teacher_fn(batch, rows, frozenset({state_layers[1]}), frozenset())
+            t_cls = t_out.hidden[state_layers[1]][:, 0].detach().float()
     scaler.scale(loss).backward()
     sync_knowledge_grads(knowledge, world)
     scaler.unscale_(optimizer)
@@ -116,4 +152,4 @@ def distill_step(
     scaler.update()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss, losses
+    return StepResult(loss, losses, t_cls, s_cls)

@@ -130,6 +130,55 @@ def test_predict_in_length_order_matches_row_by_row() -> None:
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
+def test_reward_set_collated_once_scores_like_predict() -> None:
+    """The reward set keeps its batches from construction on and gives predict's mean loss every time."""
+    from kdray.loop_data import RewardSet, predict
+
+    model, data, calls = _tiny(3), _rows(11), []
+    reward_set = RewardSet(data, lambda rows: calls.append(len(rows)) or _pad(rows), 4, torch.device("cpu"))
+    assert calls == [4, 4, 3]
+    model.train()
+    first, second = reward_set.loss(model, False), reward_set.loss(model, False)
+    assert calls == [4, 4, 3] and model.training  # no collation after construction; the mode is restored
+    assert first == second == pytest.approx(predict(model, data, _pad, 4, torch.device("cpu"), False)[2], rel=1e-6)
+
+
+@pytest.mark.parametrize("kinds", [["finetune"], ["finetune", "response", "feature"]], ids=["no_teacher_kind", "teacher_ran"])
+def test_step_returns_the_state_of_its_own_forward(kinds: list[str]) -> None:
+    """A phase's last step gives the selector both final-layer [CLS] vectors of its batch, before the update,
+    whether or not a selected kind ran the teacher."""
+    from kdray.step import distill_step, teacher_source
+
+    def no_dropout(m: BertForSequenceClassification) -> BertForSequenceClassification:
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        return m
+
+    teacher, student = no_dropout(_tiny(0)), no_dropout(_tiny(1, hidden=16, layers=2)).train()
+    ctx = KnowledgeContext(layer_map=((1, 2), (2, 4)), student_width=16, teacher_width=32)
+    knowledge = build_knowledge(["finetune", "response", "feature"], ctx)
+    batch, rows = _pad(_rows(5)), list(range(5))
+    with torch.no_grad():
+        s_expected = run_model(student, batch, {2}).hidden[2][:, 0].clone()
+        t_expected = run_model(teacher, batch, {4}).hidden[4][:, 0]
+    optimizer = torch.optim.SGD([*student.parameters(), *knowledge.parameters()], lr=0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    out = distill_step(student, student, knowledge, list(knowledge), {k: 1.0 for k in kinds}, batch, rows,
+                       teacher_source(teacher, None, torch.device("cpu")), optimizer, scheduler,
+                       torch.amp.GradScaler("cpu", enabled=False), 1.0, state_layers=(2, 4))
+    assert set(out.losses) == set(kinds)
+    torch.testing.assert_close(out.student_cls, s_expected)
+    torch.testing.assert_close(out.teacher_cls, t_expected)
+    assert not out.student_cls.requires_grad
+    with torch.no_grad():  # the step did update the student: the state is the pre-update one
+        assert not torch.allclose(run_model(student, batch, {2}).hidden[2][:, 0], s_expected)
+    plain = distill_step(student, student, knowledge, list(knowledge), {k: 1.0 for k in kinds}, batch, rows,
+                         teacher_source(teacher, None, torch.device("cpu")), optimizer, scheduler,
+                         torch.amp.GradScaler("cpu", enabled=False), 1.0)
+    assert plain.teacher_cls is None and plain.student_cls is None
+
+
 # --------------------------------------------------------------------------- the loop on real RTE with tiny-bert
 
 
@@ -199,11 +248,18 @@ def test_finetune_only_never_runs_the_teacher(glue_dir: Path, tiny_teacher: str,
     assert spy.calls == []
 
 
-@pytest.mark.slow  # three short runs on real RTE: ~15 s idle, ~50 s on a loaded 2-core box
-def test_resume_matches_uninterrupted_run(glue_dir: Path, tiny_teacher: str, tmp_path: Path) -> None:
+@pytest.mark.slow  # three short runs on real RTE per case: ~15 s idle, ~50 s on a loaded 2-core box
+@pytest.mark.parametrize("over", [
+    {"selector.phase_steps": 4},  # the cut at step 3 falls inside a phase
+    # the cut falls on a phase end: the next decision's state came from step 3's training forward, which a
+    # resume cannot repeat, so the checkpoint must carry it (a learning actor-critic also trains on it)
+    {"selector.phase_steps": 3, "selector.name": "actor_critic", "selector.episodes": 0,
+     "selector.stage2": "learning", "selector.replay_batch": 1},
+], ids=["inside_phase", "actor_critic_at_phase_end"])
+def test_resume_matches_uninterrupted_run(glue_dir: Path, tiny_teacher: str, tmp_path: Path, over: dict) -> None:
     from kdray.distill import train
 
-    over = {"train.max_steps": 6, "selector.phase_steps": 4}  # the cut at step 3 falls inside a phase
+    over = {"train.max_steps": 6, **over}
     full = train(_config(glue_dir, tmp_path / "full", **over), teacher_path=tiny_teacher)
 
     class Stop(Exception):
@@ -225,6 +281,7 @@ def test_resume_matches_uninterrupted_run(glue_dir: Path, tiny_teacher: str, tmp
     for key in a["knowledge"]:  # the feature / relation projections
         assert torch.equal(a["knowledge"][key], b["knowledge"][key]), key
     assert [t["weight"] for t in full.traces] == [t["weight"] for t in resumed.traces]
+    assert [t["q_value"] for t in full.traces] == pytest.approx([t["q_value"] for t in resumed.traces], nan_ok=True)
     assert resumed.dev_score == full.dev_score and resumed.train_steps == full.train_steps == 6
 
 

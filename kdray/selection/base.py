@@ -29,9 +29,12 @@ class PhaseState:
     """What a selector sees when it decides.
 
     Attributes:
-        teacher_cls: teacher's final-layer [CLS] vectors on the phase's first batch, ``[B, Ht]``
-            (None when the selector does not need state or the run has no teacher).
-        student_cls: student's final-layer [CLS] vectors on the same batch, ``[B, Hs]``.
+        teacher_cls: teacher's final-layer [CLS] vectors, ``[B, Ht]`` (None when the selector does not
+            need state). At a phase boundary they are the last batch of the phase that just ended, taken
+            from that training step's own forward (``kdray.step.distill_step``); a run's first decision,
+            with no step behind it, uses a no-grad forward on its first batch.
+        student_cls: student's final-layer [CLS] vectors on the same batch, ``[B, Hs]`` (from the training
+            forward: train mode, before that step's update).
         losses: mean unweighted loss of each kind over the previous phase (kinds not computed
             in that phase are absent).
         progress: fraction of the run's steps done, in [0, 1].
