@@ -91,6 +91,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(quick=args.quick, out_dir=args.out, device=args.device)
 
 
+def _cmd_reward_noise(args: argparse.Namespace) -> int:
+    from kdray.config import DataConfig
+    from kdray.reward_noise import run
+
+    data = DataConfig(source=args.source, dir=args.data_dir, max_train_samples=args.max_train_samples)
+    run(args.tasks, args.out, model=args.model, student_layers=args.student_layers, steps=args.steps,
+        phase_steps=args.phase_steps, max_seq_length=args.max_seq_length, data=data)
+    return 0
+
+
 def _parse_override(text: str) -> tuple[str, object]:
     """``key.path=value`` with the value parsed as YAML (so lists and numbers work)."""
     import yaml
@@ -161,6 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where steps are timed (auto: a GPU when torch sees one)")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("reward-noise", help="how the reward's noise and cost depend on the reward-set size (real data)")
+    p.add_argument("tasks", nargs="+", choices=GLUE_TASKS)
+    p.add_argument("--model", default="minilm-l6", help="the student's source model (short name, folder or hub id)")
+    p.add_argument("--student-layers", type=int, default=3)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--phase-steps", type=int, default=20)
+    p.add_argument("--max-seq-length", type=int, default=64)
+    p.add_argument("--source", choices=["auto", "hub", "local"], default="auto")
+    p.add_argument("--data-dir", default=None, help="official GLUE TSV folder (default: $KDRAY_GLUE_DIR)")
+    p.add_argument("--max-train-samples", type=int, default=None)
+    p.add_argument("--out", default="results/reward_noise", help="folder for reward_noise.parquet and .md")
+    p.set_defaults(func=_cmd_reward_noise)
     return parser
 
 

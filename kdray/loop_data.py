@@ -55,11 +55,37 @@ def collate_rows(dataset: Any, rows: Sequence[int], collate: Callable[[list[dict
     return collate([dataset[int(i)] for i in rows])
 
 
-def longest_first_batches(items: Sequence[dict[str, Any]], batch_size: int) -> list[list[int]]:
-    """Positions of ``items`` grouped into batches of similar length, longest first: dynamic padding then pads
-    each batch only to lengths close to its own rows (evaluation and the teacher-output cache build)."""
+MAX_PADDING = 0.1  # share of a scoring batch's token slots that may be padding before the batch is closed
+
+
+def longest_first_batches(
+    items: Sequence[dict[str, Any]], batch_size: int, max_padding: float = MAX_PADDING
+) -> list[list[int]]:
+    """Positions of ``items`` in batches of similar length, longest first (evaluation, the reward set and the
+    teacher-output cache build).
+
+    A batch takes up to ``batch_size`` rows, but is closed early when the next row would make more than
+    ``max_padding`` of its token slots padding: with dynamic padding every row costs as much as the batch's
+    longest, so a long-tailed length distribution (SST-2's phrases) would otherwise pay for its longest row
+    in every row of the first batch. Uniform lengths still give full batches.
+    """
     order = sorted(range(len(items)), key=lambda j: len(items[j]["input_ids"]), reverse=True)
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = real = 0
+    for j in order:
+        n = len(items[j]["input_ids"])
+        slots = (len(current) + 1) * longest
+        if current and (len(current) == batch_size or slots - (real + n) > max_padding * slots):
+            batches.append(current)
+            current, real = [], 0
+        if not current:
+            longest = n
+        current.append(j)
+        real += n
+    if current:
+        batches.append(current)
+    return batches
 
 
 @torch.no_grad()
@@ -69,7 +95,7 @@ def predict(
 ) -> tuple[list[float], list[float], float]:
     """Predictions, labels and mean task loss on ``dataset`` (sharded over ranks, gathered on all).
 
-    Batches are formed in length order, so dynamic padding pads each batch to lengths close to its own
+    Batches are formed in length order (``longest_first_batches``), so dynamic padding pads each batch to lengths close to its own
     rows (the loss is a mean and the metrics are per row, so the order changes neither); predictions and
     labels come back in the shard's row order.
     """

@@ -118,10 +118,11 @@ def test_predict_in_length_order_matches_row_by_row() -> None:
     from kdray.loop_data import predict
 
     model, data = _tiny(3), _rows(11)
-    widths: list[int] = []
-    pad = lambda rows: widths.append(len(rows[0]["input_ids"])) or _pad(rows)  # noqa: E731 (longest row first)
+    batches: list[list[int]] = []
+    pad = lambda rows: batches.append([len(r["input_ids"]) for r in rows]) or _pad(rows)  # noqa: E731
     preds, labels, loss = predict(model, data, pad, 4, torch.device("cpu"), is_regression=False)
-    assert widths == [10, 7, 5]  # lengths 10,9,8,8 | 7,7,6,6 | 5,5,4: each batch pads to its own longest row
+    # longest first, at most 4 rows, closed before padding exceeds 10% (a 7 after 10,9,8 would make 6 of 40)
+    assert batches == [[10, 9, 8], [7, 7, 6, 6], [5, 5, 4, 4]]
     with torch.no_grad():
         logits = [run_model(model, _pad([r])).logits for r in data]
     assert preds == [int(l.argmax(-1)) for l in logits]
@@ -130,16 +131,32 @@ def test_predict_in_length_order_matches_row_by_row() -> None:
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
+def test_longest_first_batches_bound_the_padding() -> None:
+    """Full batches for even lengths; a long tail closes batches early instead of padding every row to it."""
+    from kdray.loop_data import longest_first_batches
+
+    def lengths(ns: list[int], batch_size: int) -> list[list[int]]:
+        items = [{"input_ids": [0] * n} for n in ns]
+        return [[ns[j] for j in b] for b in longest_first_batches(items, batch_size)]
+
+    assert lengths([20] * 10, 4) == [[20] * 4, [20] * 4, [20] * 2]
+    # SST-2's shape: one long phrase among short ones gets a batch of its own
+    assert lengths([52, 14, 13, 13, 12, 8, 8], 4) == [[52], [14, 13, 13, 12], [8, 8]]
+    assert lengths([10, 9, 8, 7], 4) == [[10, 9, 8], [7]]
+    for batch in lengths([64, 60, 57, 50, 41, 40, 33, 30, 29, 12, 11, 3], 8):
+        assert len(batch) == 1 or len(batch) * batch[0] - sum(batch) <= 0.1 * len(batch) * batch[0]
+
+
 def test_reward_set_collated_once_scores_like_predict() -> None:
     """The reward set keeps its batches from construction on and gives predict's mean loss every time."""
     from kdray.loop_data import RewardSet, predict
 
     model, data, calls = _tiny(3), _rows(11), []
     reward_set = RewardSet(data, lambda rows: calls.append(len(rows)) or _pad(rows), 4, torch.device("cpu"))
-    assert calls == [4, 4, 3]
+    assert calls == [3, 4, 4]
     model.train()
     first, second = reward_set.loss(model, False), reward_set.loss(model, False)
-    assert calls == [4, 4, 3] and model.training  # no collation after construction; the mode is restored
+    assert calls == [3, 4, 4] and model.training  # no collation after construction; the mode is restored
     assert first == second == pytest.approx(predict(model, data, _pad, 4, torch.device("cpu"), False)[2], rel=1e-6)
 
 

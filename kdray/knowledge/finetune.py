@@ -21,8 +21,8 @@ class FinetuneKnowledge(Knowledge):
         return task_loss(student.logits, batch["labels"], self.ctx.is_regression)
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor, is_regression: bool) -> torch.Tensor:
-    """The task's own loss; also what the reward set is scored with."""
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, is_regression: bool, reduction: str = "mean") -> torch.Tensor:
+    """The task's own loss; also what the reward set is scored with (``reduction="none"``: one per row)."""
     if is_regression:
-        return F.mse_loss(logits.float().squeeze(-1), labels.float())
-    return F.cross_entropy(logits.float(), labels.long())
+        return F.mse_loss(logits.float().squeeze(-1), labels.float(), reduction=reduction)
+    return F.cross_entropy(logits.float(), labels.long(), reduction=reduction)
