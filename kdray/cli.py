@@ -73,6 +73,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent,
         num_samples=args.num_samples,
         overrides=dict(_parse_override(o) for o in args.set or []),
+        teachers_only=args.teachers_only,
     )
 
 
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
     p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
                    help="override a base setting of the space file, e.g. resources.use_gpu=true")
+    p.add_argument("--teachers-only", action="store_true",
+                   help="fine-tune (or find) the sweep's teachers under --storage and stop (no Ray)")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("train", help="one distillation run in-process (no Ray)")

@@ -437,7 +437,8 @@ def trial_row(sweep_name: str, trial_id: str, task: str | None, params: dict[str
 
 def run_sweep(space_path: str, address: str | None = None, storage: str | None = None, name: str | None = None,
               resume: bool = False, dry_run: bool = False, max_concurrent: int | None = None,
-              num_samples: int | None = None, overrides: dict[str, Any] | None = None) -> int:
+              num_samples: int | None = None, overrides: dict[str, Any] | None = None,
+              teachers_only: bool = False) -> int:
     """Run (or with ``dry_run`` print) the sweep in ``space_path``; returns the process exit code.
 
     Args:
@@ -451,6 +452,8 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
         num_samples: override ``search.num_samples``.
         overrides: dotted run settings set over the file's (``--set resources.use_gpu=true``); trial keys do not
             change, so ``--resume`` with other resources continues the same sweep.
+        teachers_only: fine-tune (or find) the sweep's teachers under ``storage`` and stop, without Ray: prepare
+            them on one GPU box (or before a long sweep) and run the trials later with the same storage.
 
     Returns:
         0 when every trial finished, 1 when some trial is recorded as ERROR, 2 for a bad configuration.
@@ -474,14 +477,20 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
         print(describe(sweep, trials))
         return 0
 
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    import ray
-
     storage = storage or str(Path("runs").resolve())
     is_uri = "://" in storage
     if not is_uri:
         storage = str(Path(storage).resolve())
+    if teachers_only:
+        t0 = time.time()
+        found = _teacher_stage(sweep, trials, storage, is_uri, local=True)
+        print(f"[kdray] {len(found)} teacher(s) ready under {_teacher_root(sweep, storage, is_uri)} "
+              f"({time.time() - t0:.1f}s)", flush=True)
+        return 0
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
     sweep_dir = f"{storage.rstrip('/')}/{sweep.name}"
     runtime_env = {"env_vars": _worker_env()}
     if address is None:
@@ -531,6 +540,8 @@ def _teacher_stage(sweep: SweepConfig, trials: list[dict[str, Any]] | None, stor
         apply_overrides(sweep.base_run(task), {"train.seed": sweep.train.seeds[0]}) for task in sweep.tasks]
     distinct = {_teacher_id(run): run for run in runs}
     out: dict[str, str] = {}
+    if local and sweep.resources.use_gpu and len(distinct) > 1:
+        return _teachers_concurrently(distinct, root)
     if local:
         for tid, run in distinct.items():
             t = time.time()
@@ -548,6 +559,37 @@ def _teacher_stage(sweep: SweepConfig, trials: list[dict[str, Any]] | None, stor
         lambda run: str(get_teacher(run["task"], run_config_from_dict(run), root).path))
     refs = {tid: remote.remote(run) for tid, run in distinct.items()}
     return {tid: ray.get(ref) for tid, ref in refs.items()}
+
+
+def _one_teacher(run: dict[str, Any], root: str) -> tuple[str, float, float]:
+    """(folder, score, seconds) of one teacher; a process-pool job of :func:`_teachers_concurrently`."""
+    from kdray.teacher import get_teacher
+
+    t = time.time()
+    found = get_teacher(run["task"], run_config_from_dict(run), root, progress=False)
+    return str(found.path), found.score, time.time() - t
+
+
+def _teachers_concurrently(distinct: dict[str, dict[str, Any]], root: str) -> dict[str, str]:
+    """Fine-tune (or find) the teachers in parallel processes that share the local GPU.
+
+    One small teacher fine-tune leaves most of a GPU idle (Python-bound steps), so on a GPU the stage takes
+    about as long as its slowest teacher instead of their sum; on CPUs they run one at a time (they would only
+    split the cores). Processes are spawned: CUDA cannot be re-initialised in a forked child.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    out: dict[str, str] = {}
+    workers = min(len(distinct), os.cpu_count() or 1, 8)
+    print(f"[kdray] fine-tuning {len(distinct)} teachers, {workers} at a time on the GPU", flush=True)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = {tid: pool.submit(_one_teacher, run, root) for tid, run in distinct.items()}
+        for tid, job in jobs.items():
+            path, score, seconds = job.result()
+            out[tid] = path
+            print(f"[kdray] teacher {distinct[tid]['task']}: {path} (score {score:.4f}, {seconds:.1f}s)", flush=True)
+    return out
 
 
 def _run_tuner(sweep: SweepConfig, trials: list[dict[str, Any]] | None, task: str | None, storage: str,

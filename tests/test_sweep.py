@@ -135,3 +135,34 @@ def test_ray_job_submit_to_local_head(tmp_path: Path, glue_dir: Path) -> None:
         head.wait(timeout=60)
     trials, _ = load(tmp_path / "runs" / "job")
     assert len(trials) == 1 and trials["status"].iloc[0] == "TERMINATED" and not math.isnan(trials["dev_score"].iloc[0])
+
+
+def test_teachers_only_prepares_every_teacher_without_ray(tmp_path: Path, glue_dir: Path) -> None:
+    """`--teachers-only` fine-tunes each distinct teacher (two tasks, in parallel processes as on a GPU box) and
+    stops without starting Ray; a second call finds them instead of training again."""
+    path = space(tmp_path, glue_dir, "prep", {"mode": "grid"})
+    doc = yaml.safe_load(path.read_text())
+    doc["tasks"] = ["rte", "mrpc"]
+    path.write_text(yaml.safe_dump(doc))
+    storage = tmp_path / "runs"
+    probe = ("import sys\n"
+             "class Block:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name.split('.')[0] == 'ray':\n"
+             "            raise ImportError('ray must not be imported')\n"
+             "sys.meta_path.insert(0, Block())\n"
+             "from kdray.cli import main\n"
+             "sys.exit(main(sys.argv[1:]))\n")
+    cmd = [PY, "-c", probe, "sweep", str(path), "--storage", str(storage), "--teachers-only",
+           "--set", "resources.use_gpu=true"]  # use_gpu: the concurrent path (teachers still run on the CPU here)
+    first = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "fine-tuning 2 teachers, 2 at a time" in first.stdout
+    folders = sorted(p.name.split("-")[0] for p in (storage / "teachers").iterdir() if not p.name.startswith("."))
+    assert folders == ["mrpc", "rte"]
+    assert not (storage / "prep").exists()  # no trials, no sweep folder
+    stamps = {f: f.stat().st_mtime_ns for f in (storage / "teachers").rglob("*") if f.is_file()}
+    again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "2 teacher(s) ready" in again.stdout
+    assert "teacher rte" in again.stdout and "teacher mrpc" in again.stdout
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # found, not fine-tuned again
