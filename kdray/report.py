@@ -8,6 +8,7 @@ ERROR trials never enter a number; they are counted in a footnote so a partial s
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -108,6 +109,12 @@ def _teacher_runs(trials: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
+def _natural_key(text: str) -> tuple[Any, ...]:
+    """Order settings as a reader expects: numbers by value (phase steps 10, 50, 200), not as text (10, 200, 50)."""
+    return tuple((0, float(part), "") if re.fullmatch(r"\d+(\.\d+)?", part) else (1, 0.0, part)
+                 for part in re.split(r"(\d+(?:\.\d+)?)", text) if part)
+
+
 def _cell_stats(rows: pd.DataFrame, task: str) -> dict[str, Any]:
     scores = rows["dev_score"].astype(float).to_numpy() * 100
     comps: list[float] | None = []
@@ -146,7 +153,7 @@ def _table_stats(trials: pd.DataFrame, by: str) -> tuple[list[tuple[str, ...]], 
         done["_method"] = done["method"].astype(str)
         done["_setting"] = "" if by == "method" else done.apply(GROUPERS[by][1], axis=1)
         for (method, setting), g in sorted(done.groupby(["_method", "_setting"]),
-                                           key=lambda kv: (_method_key(kv[0][0]), kv[0][1])):
+                                           key=lambda kv: (_method_key(kv[0][0]), _natural_key(kv[0][1]))):
             key = (method_label(method),) if by == "method" else (method_label(method), setting)
             rows.append(key)
             for task, gt in g.groupby("task"):
@@ -274,11 +281,69 @@ def _render_table(trials: pd.DataFrame, fmt: str, by: str) -> str:
     raise ValueError(f"--format must be one of md, latex, csv, got {fmt!r}")
 
 
+def selection_table(trials: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
+    """What the selectors chose in their final run (stage 2): per method, task and kind, the mean weight over
+    phases and seeds, the mean within-run std (how much the choice moves during training), and the mean weight
+    in the first and last third of the run. Empty without traces of a VARYING_METHODS selector."""
+    columns = ["method", "task", "knowledge", "seeds", "mean", "within_run_std", "first_third", "last_third"]
+    if traces.empty or "episode" not in traces:
+        return pd.DataFrame(columns=columns)
+    done = _finished(trials)
+    done = done[done["method"].astype(str).isin(VARYING_METHODS)][["trial_id", "method", "task"]]
+    final = traces[traces["episode"] == -1].merge(done, on="trial_id")
+    if final.empty:
+        return pd.DataFrame(columns=columns)
+    per_run = []
+    for (trial, kind), g in final.groupby(["trial_id", "knowledge"]):
+        w = g.sort_values("step")["weight"].to_numpy(dtype=float)
+        third = max(1, len(w) // 3)
+        per_run.append({"trial_id": trial, "knowledge": kind, "method": g["method"].iat[0], "task": g["task"].iat[0],
+                        "mean": w.mean(), "within_run_std": w.std(), "first_third": w[:third].mean(),
+                        "last_third": w[-third:].mean()})
+    runs = pd.DataFrame(per_run)
+    table = runs.groupby(["method", "task", "knowledge"]).agg(
+        seeds=("trial_id", "nunique"), mean=("mean", "mean"), within_run_std=("within_run_std", "mean"),
+        first_third=("first_third", "mean"), last_third=("last_third", "mean")).reset_index()
+    table = table.sort_values(["method", "task", "knowledge"],
+                              key=lambda c: c.map(_method_key) if c.name == "method" else
+                              c.map(_task_key) if c.name == "task" else c)
+    return table[columns].reset_index(drop=True)
+
+
+def _render_selection(table: pd.DataFrame, fmt: str) -> str:
+    """The selection table as ``md`` or ``latex``: one row per (method, task), one cell per kind."""
+    kinds = list(dict.fromkeys(table["knowledge"]))
+    headers = ["Method", "Task", "Seeds"] + kinds
+    body = []
+    for (method, task), g in table.groupby(["method", "task"], sort=False):
+        cells = {r.knowledge: f"{r.mean:.2f} ±{r.within_run_std:.2f} ({r.first_third:.2f}→{r.last_third:.2f})"
+                 for r in g.itertuples()}
+        body.append([method_label(method), TASK_LABELS.get(task, task), str(int(g["seeds"].max()))]
+                    + [cells.get(k, "–") for k in kinds])
+    note = ("Final-run weight per kind: mean over phases and seeds ± mean within-run std over phases "
+            "(first third → last third of the run).")
+    if fmt == "md":
+        out = ["### Selection (final run)", "", "| " + " | ".join(headers) + " |",
+               "|" + "|".join([":---"] * 3 + ["---:"] * len(kinds)) + "|"]
+        out += ["| " + " | ".join(line) + " |" for line in body]
+        return "\n".join(out + ["", f"- {note}"]) + "\n"
+    if fmt == "latex":
+        out = ["% Selection (final run)", r"\begin{tabular}{" + "lll" + "r" * len(kinds) + "}", r"\toprule",
+               " & ".join(_escape_latex(h) for h in headers) + r" \\", r"\midrule"]
+        out += [" & ".join(_escape_latex(c).replace("→", r"$\to$") for c in line) + r" \\" for line in body]
+        return "\n".join(out + [r"\bottomrule", r"\end{tabular}", f"% {_escape_latex(note)}"]) + "\n"
+    raise ValueError(f"the selection table is rendered as md or latex, not {fmt!r}")
+
+
 def render(results_dir: str | Path, fmt: str = "md", by: str = "method", plots_dir: str | Path | None = None,
            out: str | Path | None = None) -> str:
     """The report text for ``kdray report``; also writes it to ``out`` and plots to ``plots_dir`` when given."""
     trials, traces = load(results_dir)
     text = _render_table(trials, fmt, by)
+    # md and LaTeX only: a second table would make the CSV unreadable as one frame (the Parquet files hold it all)
+    selection = selection_table(trials, traces) if by == "method" and fmt != "csv" else pd.DataFrame()
+    if not selection.empty:
+        text += "\n" + _render_selection(selection, fmt)
     if plots_dir is not None:
         from kdray.plots import make_plots  # matplotlib only when plots are asked for
 

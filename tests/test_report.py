@@ -91,7 +91,9 @@ def test_glue_table_numbers(sweep: Path) -> None:
 def test_markdown_table_cells(sweep: Path, tmp_path: Path) -> None:
     text = render(sweep, fmt="md", out=tmp_path / "r.md")
     assert (tmp_path / "r.md").read_text() == text
-    lines = {ln.split(" | ")[0].strip("| "): ln for ln in text.splitlines() if ln.startswith("| ")}
+    main, selection = text.split("### Selection (final run)")  # the main table, then what the selectors chose
+    lines = {ln.split(" | ")[0].strip("| "): ln for ln in main.splitlines() if ln.startswith("| ")}
+    assert "| AC-Soft | RTE | 3 |" in selection
     # tasks in GLUE order, methods in the paper's order
     assert lines["Method"] == ("| Method | MRPC (F1/acc) | STS-B (Pearson/Spearman) | RTE (acc) | Avg | "
                                "Retention (%) |")
@@ -121,6 +123,7 @@ def test_latex_and_csv(sweep: Path) -> None:
     assert df.loc["Finetune", "Avg"] == 74.7 or df.loc["Finetune", "Avg"] == "74.7"
     assert df.loc["Random-Soft", "RTE (acc)"] == "63.0 ± 1.4 (n=2)"
     assert "# 1 ERROR trial(s) excluded (AC-Soft/rte: 1)." in csv
+    assert "Selection" not in csv and r"% Selection (final run)" in tex and r"$\to$" in tex
 
 
 def test_ablation_tables(sweep: Path) -> None:
@@ -165,3 +168,32 @@ def test_plots(sweep: Path, tmp_path: Path) -> None:
         assert img.shape[0] >= 300 and img.shape[1] >= 500
         assert _colours(path) >= 8, name
         assert name in text
+
+
+def test_settings_are_ordered_by_value() -> None:
+    """Ablation rows follow the numbers (phase steps 10, 50, 200), not their text (10, 200, 50)."""
+    from kdray.report import _natural_key
+
+    assert sorted(["200", "50", "10"], key=_natural_key) == ["10", "50", "200"]
+    assert sorted(["train_holdout, β=0.5, cost=0", "train_holdout, β=0.01, cost=0", "dev, β=0, cost=0"],
+                  key=_natural_key) == ["dev, β=0, cost=0", "train_holdout, β=0.01, cost=0", "train_holdout, β=0.5, cost=0"]
+    assert sorted(["n/a", "20", "5"], key=_natural_key) == ["5", "20", "n/a"]
+
+
+def test_selection_table_summarises_the_final_run(sweep: Path) -> None:
+    """Mean weight, within-run std and first/last third per kind, from the final run's phases only."""
+    from kdray.report import selection_table
+    from kdray.results import load
+
+    table = selection_table(*load(sweep))
+    assert set(table["method"]) == {"random_soft", "actor_critic_soft"}  # static selectors are not listed
+    row = table[(table.method == "actor_critic_soft") & (table.task == "rte") & (table.knowledge == "finetune")].iloc[0]
+    runs = [0.5 + 0.4 * np.sin(np.arange(6) / 2 + i * 0.1) for i in (0, 1, 2)]
+    assert row.seeds == 3
+    assert row["mean"] == pytest.approx(np.mean([w.mean() for w in runs]))
+    assert row.within_run_std == pytest.approx(np.mean([w.std() for w in runs]))
+    assert row.first_third == pytest.approx(np.mean([w[:2].mean() for w in runs]))
+    assert row.last_third == pytest.approx(np.mean([w[-2:].mean() for w in runs]))
+    text = render(sweep)
+    assert "### Selection (final run)" in text and "| AC-Soft | RTE | 3 |" in text
+    assert "Selection" not in render(sweep, by="phase_steps")
