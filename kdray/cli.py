@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -201,6 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Data and model errors (GlueDataError, unknown names) are ValueErrors with a user-facing message.
         print(f"kdray {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `kdray sweep --dry-run | head`: the reader left; end quietly instead of with a traceback, and keep
+        # the interpreter's final flush from raising again (as the Python docs on SIGPIPE advise)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

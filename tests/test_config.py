@@ -160,3 +160,20 @@ def test_shipped_space_files_are_valid(path: Path) -> None:
         trials = expand_grid(sweep, str(path))
         assert len(trials) >= len(sweep.tasks)
         assert len({t["trial_key"] for t in trials}) == len(trials)  # what --resume recognises trials by
+
+
+def test_dry_run_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`kdray sweep --dry-run | head -1`: no BrokenPipeError traceback when the reader leaves early."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "wide.yaml"
+    lrs = ", ".join(f"{1e-5 * (i + 1):.6g}" for i in range(800))  # 1,600 trials: far more than a pipe buffer
+    path.write_text(GOOD + f"search:\n  space:\n    train.lr: {{grid: [{lrs}]}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "kdray", "sweep", str(path), "--dry-run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"sweep ")
+    proc.stdout.close()  # what head does after its first line
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()[-2000:]
+    assert proc.returncode == 1
