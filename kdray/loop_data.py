@@ -6,7 +6,8 @@ recompute it and continue from a stored position instead of pickling loaders.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as torch_dist
@@ -99,21 +100,19 @@ def predict(
     rows (the loss is a mean and the metrics are per row, so the order changes neither); predictions and
     labels come back in the shard's row order.
     """
-    was_training = model.training
-    model.eval()
     rows = list(range(rank, len(dataset), world))
     items = [dataset[i] for i in rows]
     preds: list[float] = [0.0] * len(items)
     labels: list[float] = [0.0] * len(items)
     loss_sum = torch.zeros((), device=device)
-    for chunk in longest_first_batches(items, batch_size):
-        batch = to_device(collate([items[j] for j in chunk]), device)
-        logits, loss = _scored(model, batch, is_regression)
-        loss_sum += loss
-        p = logits.squeeze(-1) if is_regression else logits.argmax(-1)
-        for j, pred, label in zip(chunk, p.cpu().tolist(), batch["labels"].cpu().tolist()):
-            preds[j], labels[j] = pred, label
-    model.train(was_training)
+    with eval_mode(model):
+        for chunk in longest_first_batches(items, batch_size):
+            batch = to_device(collate([items[j] for j in chunk]), device)
+            logits, loss = _scored(model, batch, is_regression)
+            loss_sum += loss
+            p = logits.squeeze(-1) if is_regression else logits.argmax(-1)
+            for j, pred, label in zip(chunk, p.cpu().tolist(), batch["labels"].cpu().tolist()):
+                preds[j], labels[j] = pred, label
     if world > 1:
         gathered: list[Any] = [None] * world
         torch_dist.all_gather_object(gathered, (preds, labels))
@@ -121,6 +120,17 @@ def predict(
         labels = [l for g in gathered for l in g[1]]
         torch_dist.all_reduce(loss_sum)
     return preds, labels, float(loss_sum) / max(1, len(dataset))
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode (no dropout) for scoring; its training mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _scored(model: nn.Module, batch: dict[str, torch.Tensor], is_regression: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,8 +155,13 @@ class RewardSet:
     @torch.no_grad()
     def loss(self, model: nn.Module, is_regression: bool) -> float:
         """Mean task loss of ``model`` over the set (eval mode for the forward, the mode restored after)."""
-        was_training = model.training
-        model.eval()
-        total = sum(_scored(model, batch, is_regression)[1] for batch in self.batches)
-        model.train(was_training)
+        with eval_mode(model):
+            total = sum(_scored(model, batch, is_regression)[1] for batch in self.batches)
         return float(total) / max(1, self.rows)
+
+    @torch.no_grad()
+    def row_losses(self, model: nn.Module, is_regression: bool) -> torch.Tensor:
+        """The task loss of every row, in the set's batch order (what ``kdray reward-noise`` subsamples)."""
+        with eval_mode(model):
+            return torch.cat([task_loss(run_model(model, b).logits.float(), b["labels"], is_regression,
+                                        reduction="none") for b in self.batches])

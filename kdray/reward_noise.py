@@ -37,18 +37,6 @@ from kdray.config import EVAL_BATCH_SIZE, DataConfig, StudentConfig
 SIZES = (32, 64, 96, 128, 256)
 
 
-def _per_row_losses(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], is_regression: bool) -> np.ndarray:
-    """The task loss of every row of ``batches`` (eval mode, no grad), in batch order."""
-    from kdray.knowledge import run_model, task_loss
-
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        out = [task_loss(run_model(model, b).logits, b["labels"], is_regression, reduction="none") for b in batches]
-    model.train(was)
-    return torch.cat(out).double().cpu().numpy()
-
-
 def _agreement(sub: np.ndarray, full: np.ndarray) -> tuple[float, float, float]:
     """(pearson, sign agreement, relative noise) of per-phase rewards ``sub`` against ``full``."""
     pearson = float(np.corrcoef(sub, full)[0, 1]) if sub.std() > 0 and full.std() > 0 else math.nan
@@ -88,7 +76,7 @@ def measure(task: str, model: str = "minilm-l6", student_layers: int = 3, steps:
 
     lengths = [int(x) for x in prepared.train["length"]]
     per_epoch = epoch_batches(lengths, batch_size, seed, 0, True)
-    losses = [_per_row_losses(student, holdout.batches, spec.is_regression)]
+    losses = [holdout.row_losses(student, spec.is_regression).double().cpu().numpy()]
     t0, train_seconds = time.perf_counter(), 0.0
     for step in range(steps):
         t_step = time.perf_counter()
@@ -101,7 +89,7 @@ def measure(task: str, model: str = "minilm-l6", student_layers: int = 3, steps:
                      teacher_source(teacher, None, device), optimizer, scheduler, scaler, 1.0)
         train_seconds += time.perf_counter() - t_step
         if (step + 1) % phase_steps == 0:
-            losses.append(_per_row_losses(student, holdout.batches, spec.is_regression))
+            losses.append(holdout.row_losses(student, spec.is_regression).double().cpu().numpy())
             log(f"[reward-noise] step {step + 1}/{steps}: holdout loss {losses[-1].mean():.4f} "
                 f"({time.perf_counter() - t0:.0f} s)")
     per_row = np.stack(losses)  # [phases + 1, rows]

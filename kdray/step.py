@@ -24,6 +24,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from kdray.knowledge import ModelOutputs, needs_of, run_model
+from kdray.loop_data import eval_mode
 from kdray.selection.base import PhaseState
 from kdray.teacher_outputs import TeacherOutputCache
 
@@ -68,12 +69,9 @@ def phase_state(
     """The selector's view at a phase boundary: final-layer [CLS] of both models (if it needs them)."""
     t_cls = s_cls = None
     if needs_state:
-        was = student.training
-        student.eval()
-        with torch.no_grad(), autocast():
+        with eval_mode(student), torch.no_grad(), autocast():
             s_cls = run_model(student, batch, {n_student}).hidden[n_student][:, 0].float()
             t_cls = teacher_fn(batch, rows, frozenset({n_teacher}), frozenset()).hidden[n_teacher][:, 0].float()
-        student.train(was)
     return PhaseState(teacher_cls=t_cls, student_cls=s_cls, losses=losses, progress=step / steps, step=step)
 
 
