@@ -544,13 +544,9 @@ def _teacher_stage(sweep: SweepConfig, trials: list[dict[str, Any]] | None, stor
         return _teachers_concurrently(distinct, root)
     if local:
         for tid, run in distinct.items():
-            t = time.time()
             # the driver fine-tunes teachers one at a time before any trial: show a bar even when the
             # file turns trial bars off (train.progress: false keeps concurrent trials' logs readable)
-            found = get_teacher(run["task"], run_config_from_dict(run), root, progress=True)
-            out[tid] = str(found.path)
-            print(f"[kdray] teacher {run['task']}: {found.path} (score {found.score:.4f}, {time.time() - t:.1f}s)",
-                  flush=True)
+            out[tid] = _report_teacher(run["task"], *_one_teacher(run, root, progress=True))
         return out
     import ray
 
@@ -561,13 +557,19 @@ def _teacher_stage(sweep: SweepConfig, trials: list[dict[str, Any]] | None, stor
     return {tid: ray.get(ref) for tid, ref in refs.items()}
 
 
-def _one_teacher(run: dict[str, Any], root: str) -> tuple[str, float, float]:
-    """(folder, score, seconds) of one teacher; a process-pool job of :func:`_teachers_concurrently`."""
+def _one_teacher(run: dict[str, Any], root: str, progress: bool = False) -> tuple[str, float, float]:
+    """(folder, score, seconds) of one teacher, found or fine-tuned (also a process-pool job)."""
     from kdray.teacher import get_teacher
 
     t = time.time()
-    found = get_teacher(run["task"], run_config_from_dict(run), root, progress=False)
+    found = get_teacher(run["task"], run_config_from_dict(run), root, progress=progress)
     return str(found.path), found.score, time.time() - t
+
+
+def _report_teacher(task: str, path: str, score: float, seconds: float) -> str:
+    """Print one teacher's line of the teacher stage; returns its folder."""
+    print(f"[kdray] teacher {task}: {path} (score {score:.4f}, {seconds:.1f}s)", flush=True)
+    return path
 
 
 def _teachers_concurrently(distinct: dict[str, dict[str, Any]], root: str) -> dict[str, str]:
@@ -586,9 +588,7 @@ def _teachers_concurrently(distinct: dict[str, dict[str, Any]], root: str) -> di
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = {tid: pool.submit(_one_teacher, run, root) for tid, run in distinct.items()}
         for tid, job in jobs.items():
-            path, score, seconds = job.result()
-            out[tid] = path
-            print(f"[kdray] teacher {distinct[tid]['task']}: {path} (score {score:.4f}, {seconds:.1f}s)", flush=True)
+            out[tid] = _report_teacher(distinct[tid]["task"], *job.result())
     return out
 
 
