@@ -17,12 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from kdray.report import method_label  # noqa: E402
 from kdray.results import TRIAL_COLUMNS  # noqa: E402
-
-VARYING_METHODS = ("random_hard", "random_soft", "actor_critic_hard", "actor_critic_soft", "actor_critic")
-_LABELS = {"finetune": "Finetune", "vanilla_kd": "Vanilla KD", "pkd": "PKD", "all": "All", "fixed": "Fixed",
-           "random_hard": "Random-Hard", "random_soft": "Random-Soft", "actor_critic_hard": "AC-Hard",
-           "actor_critic_soft": "AC-Soft"}
 
 
 def _safe(name: str) -> str:
@@ -71,7 +67,7 @@ def plot_weights(trials: pd.DataFrame, traces: pd.DataFrame, out: Path) -> list[
             band = curve["std"].fillna(0.0)
             ax.fill_between(curve.index, curve["mean"] - band, curve["mean"] + band, alpha=0.15)
         n_seeds = g["seed"].nunique()
-        ax.set(title=f"{task}: {_LABELS.get(method, method)} selected weights "
+        ax.set(title=f"{task}: {method_label(method)} selected weights "
                      f"({'final run' if stage == 2 else 'stage-1 episodes'}, mean over {n_seeds} seed(s))",
                xlabel="training step", ylabel="weight", ylim=(-0.05, 1.05))
         ax.title.set_fontsize(9)
@@ -96,7 +92,7 @@ def plot_reward_set_loss(trials: pd.DataFrame, traces: pd.DataFrame, out: Path) 
             stage = 2 if (gm["stage"] == 2).any() else 1
             per_phase = gm[gm["stage"] == stage].drop_duplicates(["trial_id", "stage", "episode", "step"])
             curve = per_phase.groupby("step")["reward_set_loss"].mean().sort_index()
-            ax.plot(curve.index, curve.values, marker=".", label=_LABELS.get(method, str(method)))
+            ax.plot(curve.index, curve.values, marker=".", label=method_label(method))
         ax.set(title=f"{task}: reward-set loss per phase (mean over seeds)", xlabel="training step",
                ylabel="reward-set cross-entropy")
         ax.legend(fontsize=8)
