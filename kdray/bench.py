@@ -75,7 +75,8 @@ FINDINGS = """
   batches of up to `train.eval_batch_size` (32), closed early before padding passes 10%
   (`loop_data.longest_first_batches`). Without that bound a long-tailed task paid for its longest row in
   every row of the first batch: 96 SST-2 reward rows (1,385 real tokens) filled 2,368 padded slots and were
-  scored in 1.33 s, against 1,527 slots and 0.86 s with it (MiniLM 3-layer student, one thread, stop 12).
+  scored in 0.37 s, against 1,527 slots and 0.26 s with it (MiniLM 3-layer student, one thread, eval
+  batches of 32, median of 5; stop 13).
 - **step/cached5** (target 1.10x): `cached4_no_relation` is close to `plain`; the extra is `relation`:
   per step it recomputes the teacher's FSP matrices from cached hidden states (constant per row) and
   builds three `[B, H, H]` Gram matrices for the student plus their elementwise squared difference; for
