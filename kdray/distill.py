@@ -14,7 +14,6 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,43 +29,10 @@ from kdray.knowledge import KnowledgeContext, build_knowledge, needs_of
 from kdray.loop_data import RewardSet, collate_rows, dist_info, epoch_batches, predict, to_device
 from kdray.models import build_student, count_parameters, layer_map, load_teacher, load_tokenizer
 from kdray.paths import cache_root
+from kdray.records import RunResult
 from kdray.selection.base import PhaseOutcome, PhaseState, build_selector
 from kdray.step import distill_step, phase_state, teacher_source
 from kdray.teacher_outputs import TeacherOutputCache, build_teacher_cache, cache_key
-
-
-@dataclass
-class RunResult:
-    """What one run reports (DESIGN.md section 3); ``traces`` has one row per kind per phase."""
-
-    task: str
-    metric_name: str
-    dev_score: float
-    dev_metrics: dict[str, float]
-    teacher_score: float
-    method: str
-    action: str
-    knowledge_pool: list[str]
-    phase_steps: int
-    reward_shaping: dict[str, Any]
-    seed: int
-    teacher: str
-    student: str
-    student_params: int
-    train_steps: int  # every optimisation step, stage-1 episodes included
-    train_seconds: float  # wall time of all training steps (stage 1 included), without dev evaluation
-    samples_per_second: float
-    selector_seconds: float  # decide/observe, state building and reward-set scoring
-    final_steps: int = 0  # steps of the final run only
-    mean_step_seconds: float = 0.0
-    teacher_cache: bool = False
-    traces: list[dict[str, Any]] = field(default_factory=list)
-
-    def record(self) -> dict[str, Any]:
-        """The JSON run record: everything but the traces."""
-        out = asdict(self)
-        out.pop("traces")
-        return out
 
 
 def train(
