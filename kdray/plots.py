@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kdray.report import method_label  # noqa: E402
+from kdray.registry import method_label  # noqa: E402
 from kdray.results import TRIAL_COLUMNS  # noqa: E402
 
 

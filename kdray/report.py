@@ -15,13 +15,12 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from kdray.io import atomic_write_text
+from kdray.registry import METHODS, TASKS, VARYING_METHODS, method_label
 from kdray.results import load
 
-TASK_ORDER: tuple[str, ...] = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
-TASK_LABELS: dict[str, str] = {
-    "cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
-    "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI",
-}
+TASK_ORDER: tuple[str, ...] = tuple(TASKS)
+TASK_LABELS: dict[str, str] = {name: spec.label for name, spec in TASKS.items()}
 # The official metric(s) shown per task, as (label, dev_metrics key); dev_score is their mean.
 TASK_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
     "cola": (("mcc", "matthews_correlation"),),
@@ -30,21 +29,9 @@ TASK_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
     "stsb": (("Pearson", "pearson"), ("Spearman", "spearman")),
     "mnli": (("m", "validation_matched_accuracy"), ("mm", "validation_mismatched_accuracy")),
 }
-METHOD_LABELS: dict[str, str] = {
-    "teacher": "Teacher", "finetune": "Finetune", "vanilla_kd": "Vanilla KD", "pkd": "PKD", "all": "All",
-    "fixed": "Fixed", "random_hard": "Random-Hard", "random_soft": "Random-Soft",
-    "actor_critic_hard": "AC-Hard", "actor_critic_soft": "AC-Soft",
-}
-METHOD_ORDER: tuple[str, ...] = tuple(METHOD_LABELS)
-TEACHER = "Teacher"
+TEACHER = "Teacher"  # the reference row: no selector produces it
+METHOD_ORDER: tuple[str, ...] = ("teacher",) + tuple(m.method for m in METHODS)
 BY_CHOICES: tuple[str, ...] = ("method", "pool", "phase_steps", "reward", "action")
-# Selectors whose weights change during training (worth a weights-over-steps plot).
-VARYING_METHODS: tuple[str, ...] = ("random_hard", "random_soft", "actor_critic_hard", "actor_critic_soft", "actor_critic")
-
-
-def method_label(method: Any) -> str:
-    """Display name of a method id (unknown ids are shown as they are)."""
-    return METHOD_LABELS.get(str(method), str(method))
 
 
 def _task_key(task: str) -> tuple[int, str]:
@@ -284,7 +271,7 @@ def _render_table(trials: pd.DataFrame, fmt: str, by: str) -> str:
 def selection_table(trials: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
     """What the selectors chose in their final run (stage 2): per method, task and kind, the mean weight over
     phases and seeds, the mean within-run std (how much the choice moves during training), and the mean weight
-    in the first and last third of the run. Empty without traces of a VARYING_METHODS selector."""
+    in the first and last third of the run. Empty without traces of a varying method (kdray.registry)."""
     columns = ["method", "task", "knowledge", "seeds", "mean", "within_run_std", "first_third", "last_third"]
     if traces.empty or "episode" not in traces:
         return pd.DataFrame(columns=columns)
@@ -352,7 +339,6 @@ def render(results_dir: str | Path, fmt: str = "md", by: str = "method", plots_d
         text += {"md": f"\nPlots in {plots_dir}: {listing}\n", "latex": f"% plots: {_escape_latex(listing)}\n",
                  "csv": f"# plots: {listing}\n"}[fmt]
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
+        atomic_write_text(out, text)
     return text
 

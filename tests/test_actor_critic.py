@@ -14,7 +14,7 @@ import torch
 
 from kdray.config import RewardConfig, SelectorConfig
 from kdray.selection.actor_critic import ActorCriticSelector
-from kdray.selection.base import SELECTORS, PhaseOutcome, PhaseState
+from kdray.selection import SELECTORS, PhaseOutcome, PhaseState, build_selector
 from kdray.selection.reward import (
     RunningNorm,
     cost_penalty,
@@ -252,24 +252,52 @@ def test_state_dict_before_first_decision_round_trips(tmp_path) -> None:
     assert other.decide(env.state(0)) == selector.decide(env.state(0))
 
 
-def test_init_from_reuses_networks_and_checks_widths(tmp_path) -> None:
+def _trained_selector_file(tmp_path) -> tuple[ActorCriticSelector, PlantedEnv, str]:
     env = PlantedEnv(4, phases=40)
     trained = ActorCriticSelector(POOL, SelectorConfig(), seed=4)
     run_phases(trained, env, 0, 40)
     path = tmp_path / "selector.pt"
     trained.save(path)
+    return trained, env, str(path)
 
-    reused = ActorCriticSelector(POOL, SelectorConfig(init_from=str(path)), seed=123)
+
+def test_init_from_reuses_networks_and_checks_widths(tmp_path) -> None:
+    trained, env, path = _trained_selector_file(tmp_path)
+
+    reused = build_selector(SelectorConfig(init_from=path), POOL, seed=123)
     trained.training = reused.training = False
     assert reused.decide(env.state(0)) == trained.decide(env.state(0))
     assert reused.norm.count == 0 and len(reused.replay) == 0  # only the networks carry over
 
     wider = PhaseState(torch.randn(4, 48), torch.randn(4, 16), {}, 0.0, 0)
     with pytest.raises(ValueError, match=r"widths \(32, 16\).*\(48, 16\)"):
-        ActorCriticSelector(POOL, SelectorConfig(init_from=str(path)), seed=0).decide(wider)
+        build_selector(SelectorConfig(init_from=path), POOL, seed=0).decide(wider)
     with pytest.raises(ValueError, match="knowledge pool"):
-        ActorCriticSelector(POOL[:3], SelectorConfig(init_from=str(path)), seed=0)
+        build_selector(SelectorConfig(init_from=path), POOL[:3], seed=0)
     with pytest.raises(ValueError, match="state_progress"):
-        ActorCriticSelector(POOL, SelectorConfig(init_from=str(path), state_progress=False), seed=0)
+        build_selector(SelectorConfig(init_from=path, state_progress=False), POOL, seed=0)
     with pytest.raises(FileNotFoundError, match="init_from"):
-        ActorCriticSelector(POOL, SelectorConfig(init_from=str(tmp_path / "missing.pt")), seed=0)
+        build_selector(SelectorConfig(init_from=str(tmp_path / "missing.pt")), POOL, seed=0)
+
+
+def test_init_from_is_loaded_once_by_build_selector(tmp_path, monkeypatch) -> None:
+    """``selector.init_from`` is read once, by build_selector, never by the constructor; the selector
+    decides as one built and then given the saved networks by hand (the behaviour before the change)."""
+    _, env, path = _trained_selector_file(tmp_path)
+    loads: list[str] = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        loads.append(str(f))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    ActorCriticSelector(POOL, SelectorConfig(init_from=path), seed=7)
+    assert loads == []  # the constructor leaves init_from to build_selector
+    built = build_selector(SelectorConfig(init_from=path), POOL, seed=7)
+    assert loads == [path]
+
+    by_hand = ActorCriticSelector(POOL, SelectorConfig(), seed=7)
+    by_hand.load_networks(path)
+    assert torch.equal(built.generator.get_state(), by_hand.generator.get_state())
+    assert built.decide(env.state(0)) == by_hand.decide(env.state(0))  # exploration noise included

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from kdray.config import SelectorConfig
-from kdray.selection.base import PhaseOutcome, PhaseState, build_selector
+from kdray.selection import PhaseOutcome, PhaseState, build_selector
 
 POOL = ["finetune", "response", "feature", "relation"]
 STATE = PhaseState(teacher_cls=None, student_cls=None, losses={}, progress=0.0, step=0)
@@ -62,3 +63,15 @@ def test_observe_records_the_weights() -> None:
     sel, w = decide("vanilla_kd")
     rec = sel.observe(PhaseOutcome(1.0, 0.5, {"finetune": 0.7}, STATE, False))
     assert rec.weights == w and rec.reward_set_loss == 0.5 and rec.phase == 0 and sel.phase == 1
+
+
+def test_init_from_restores_a_baselines_whole_state(tmp_path) -> None:
+    """A selector without networks starts from the whole saved state (phase, generator, last weights)."""
+    sel = build_selector(SelectorConfig(name="random_soft"), POOL, seed=7)
+    for _ in range(3):
+        sel.decide(STATE)
+    path = tmp_path / "selector.pt"
+    torch.save(sel.state_dict(), path)
+    nxt = sel.decide(STATE)
+    again = build_selector(SelectorConfig(name="random_soft", init_from=str(path)), POOL, seed=99)
+    assert again.decide(STATE) == nxt

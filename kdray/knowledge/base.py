@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from kdray.registry import KNOWLEDGE_KINDS, require_declared
+
 
 @dataclass
 class ModelOutputs:
@@ -95,11 +97,13 @@ class Knowledge(nn.Module):
         raise NotImplementedError
 
 
+#: kind name -> implementation; filled when ``kdray.knowledge`` imports its modules (names from kdray.registry)
 KNOWLEDGE: dict[str, type[Knowledge]] = {}
 
 
 def register_knowledge(name: str) -> Callable[[type[Knowledge]], type[Knowledge]]:
-    """Class decorator: make a kind available under ``knowledge.pool`` name ``name``."""
+    """Class decorator: implement the kind ``name``, which :data:`kdray.registry.KNOWLEDGE_KINDS` must declare."""
+    require_declared(name, KNOWLEDGE_KINDS, "knowledge kind")
 
     def wrap(cls: type[Knowledge]) -> type[Knowledge]:
         if name in KNOWLEDGE:

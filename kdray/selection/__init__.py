@@ -1,0 +1,28 @@
+"""Knowledge selectors by name: the interface, the baselines and the actor-critic agent.
+
+Importing this package registers every implementation in :data:`SELECTORS` (their names and report
+labels are declared in :mod:`kdray.registry`); :func:`build_selector` is how the loop gets one.
+"""
+
+from kdray.selection import actor_critic, baselines  # noqa: F401  (registers)
+from kdray.selection.base import (
+    SELECTORS,
+    PhaseOutcome,
+    PhaseRecord,
+    PhaseState,
+    Selector,
+    build_selector,
+    read_state,
+    register_selector,
+)
+
+__all__ = [
+    "SELECTORS",
+    "PhaseOutcome",
+    "PhaseRecord",
+    "PhaseState",
+    "Selector",
+    "build_selector",
+    "read_state",
+    "register_selector",
+]

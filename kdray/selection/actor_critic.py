@@ -24,14 +24,14 @@ containers of them, so ``torch.load(path, weights_only=True)`` reads what
 :meth:`save` (or ``torch.save(selector.state_dict(), path)``) wrote, and
 :meth:`load_state_dict` resumes bit-exactly (networks, targets, optimisers,
 replay, normaliser, exploration scale, generator). ``selector.init_from`` loads
-only the networks of a selector trained elsewhere (:meth:`load_networks`).
+only the networks of a selector trained elsewhere (:meth:`init_from`, applied by
+``build_selector`` once, never by the constructor).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from kdray.config import SelectorConfig
-from kdray.selection.base import PhaseOutcome, PhaseRecord, PhaseState, Selector, register_selector
+from kdray.io import atomic_torch_save
+from kdray.selection.base import PhaseOutcome, PhaseRecord, PhaseState, Selector, read_state, register_selector
 from kdray.selection.networks import Actor, Critic, StateEncoder, polyak
 from kdray.selection.replay import ReplayBuffer
 from kdray.selection.reward import (
@@ -79,8 +80,6 @@ class ActorCriticSelector(Selector):
         self._prev_action: list[float] | None = None
         self._repeats = 0
         self._pending: dict[str, torch.Tensor] | None = None
-        if config.init_from:
-            self.load_networks(config.init_from)
 
     # ------------------------------------------------------------------ building
 
@@ -321,6 +320,10 @@ class ActorCriticSelector(Selector):
         self._repeats = int(state["repeats"])
         self._pending = None if state["pending"] is None else dict(state["pending"])
 
+    def init_from(self, path: str | Path) -> None:
+        """``selector.init_from``: the networks of a selector trained elsewhere, not its learning state."""
+        self.load_networks(path)
+
     def load_networks(self, source: str | Path | dict[str, Any]) -> None:
         """Start from the networks of a selector trained elsewhere (``selector.init_from``).
 
@@ -330,7 +333,7 @@ class ActorCriticSelector(Selector):
         again against the first state of this run.
         """
         where = f"selector.init_from={source}" if not isinstance(source, dict) else "selector state"
-        state = _read(source, where) if not isinstance(source, dict) else source
+        state = read_state(source, where) if not isinstance(source, dict) else source
         self._check_compatible(state, where, check_action=False)
         if state["widths"] is None:
             raise ValueError(f"{where}: that selector never saw a state, so it has no trained networks")
@@ -358,25 +361,15 @@ class ActorCriticSelector(Selector):
             raise ValueError(f"{where}: saved with action={state['action']}, this run uses {self.config.action}")
 
     def save(self, path: str | Path) -> None:
-        """Write :meth:`state_dict` atomically (temp file + rename); read it back with :meth:`load`."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        """Write :meth:`state_dict` atomically and durably; read it back with :meth:`load`."""
+        atomic_torch_save(self.state_dict(), path)
 
     def load(self, path: str | Path) -> None:
         """Resume from a file written by :meth:`save` (``weights_only=True``: no pickled code runs)."""
-        self.load_state_dict(_read(path, str(path)))
+        self.load_state_dict(read_state(path, str(path)))
 
 
 def _summary(cls: torch.Tensor) -> torch.Tensor:
     """Batch mean of [B, H] (or an already-pooled [H]) [CLS] vectors, as float32 on the CPU."""
     cls = cls.detach().float().cpu()
     return cls.mean(dim=0) if cls.dim() == 2 else cls.reshape(-1)
-
-
-def _read(path: str | Path, where: str) -> dict[str, Any]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{where}: no such file")
-    return torch.load(path, map_location="cpu", weights_only=True)

@@ -10,6 +10,10 @@ module, so baselines and the actor-critic agent are interchangeable:
 3. at the phase end it calls :meth:`Selector.observe` with a
    :class:`PhaseOutcome` (reward-set loss before/after, mean per-kind losses,
    the next state) and gets back a :class:`PhaseRecord` for the trace.
+
+Implementations register under the names :mod:`kdray.registry` declares (with their report labels);
+importing the ``kdray.selection`` package imports them all, so this module never imports its
+implementations and :func:`build_selector` finds every one of them in :data:`SELECTORS`.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from kdray.config import SelectorConfig
+from kdray.registry import SELECTOR_NAMES, require_declared
 
 
 @dataclass
@@ -109,6 +115,14 @@ class Selector(ABC):
     def start_episode(self, episode: int) -> None:
         """Called when a (stage-1 or final) run restarts from the student's initial weights."""
 
+    def init_from(self, path: str | Path) -> None:
+        """Start from a selector saved elsewhere (``selector.init_from``): by default its whole state.
+
+        Selectors with learned networks override this to take only the networks; :func:`build_selector`
+        is the one caller.
+        """
+        self.load_state_dict(read_state(path, f"selector.init_from={path}"))
+
     def state_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "generator": self.generator.get_state(), "last_weights": self.last_weights}
 
@@ -126,12 +140,22 @@ class Selector(ABC):
         self._last_weights = dict(weights)
 
 
+def read_state(path: str | Path, where: str) -> dict[str, Any]:
+    """A saved selector state (``weights_only=True``: no pickled code runs); ``where`` names it in errors."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{where}: no such file")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 SelectorFactory = Callable[[list[str], SelectorConfig, int], Selector]
+#: selector name -> implementation; filled when the ``kdray.selection`` package imports its modules
 SELECTORS: dict[str, SelectorFactory] = {}
 
 
 def register_selector(name: str) -> Callable[[SelectorFactory], SelectorFactory]:
-    """Class decorator: make a selector available under ``selector.name``."""
+    """Class decorator: implement ``selector.name`` ``name``, which :data:`kdray.registry.SELECTOR_NAMES` must
+    declare (with the method names and report labels it records as)."""
+    require_declared(name, SELECTOR_NAMES, "selector")
 
     def wrap(cls: SelectorFactory) -> SelectorFactory:
         if name in SELECTORS:
@@ -143,11 +167,14 @@ def register_selector(name: str) -> Callable[[SelectorFactory], SelectorFactory]
 
 
 def build_selector(config: SelectorConfig, pool: list[str], seed: int) -> Selector:
-    """Instantiate the configured selector; unknown names list the registered ones."""
-    # Importing the implementations registers them.
-    from kdray.selection import actor_critic, baselines  # noqa: F401
+    """Instantiate the configured selector and apply ``selector.init_from`` (the one place it is loaded).
 
+    Unknown names list the registered ones.
+    """
     factory = SELECTORS.get(config.name)
     if factory is None:
         raise ValueError(f"unknown selector {config.name!r}; known: {', '.join(sorted(SELECTORS))}")
-    return factory(pool, config, seed)
+    selector = factory(pool, config, seed)
+    if config.init_from:
+        selector.init_from(config.init_from)
+    return selector
