@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 from pathlib import Path
-from typing import Iterator
+
+# Kept importable here for the callers that still use it; the one lock is kdray.io.locked.
+from kdray.io import locked
+
+__all__ = ["cache_root", "glue_dir_from_env", "locked"]
 
 
 def cache_root() -> Path:
@@ -20,16 +22,3 @@ def glue_dir_from_env() -> Path | None:
     """``$KDRAY_GLUE_DIR`` if set: the default folder of the official GLUE TSV layout."""
     value = os.environ.get("KDRAY_GLUE_DIR")
     return Path(value) if value else None
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock file, so concurrent trials wait for one build (a teacher, a teacher-output cache)
-    instead of each doing the same work."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

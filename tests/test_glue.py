@@ -278,7 +278,11 @@ def test_tokenization_is_cached_on_disk_and_reused(glue_dir: Path, tokenizer: An
     first = prepare_data("mrpc", tokenizer, data, 64, seed=1)
     assert sum(calls) == 32 + 183 + 16  # train, holdout (5% of 3668), dev: each row tokenized once
     folders = sorted(p.name for p in cache.iterdir())
-    assert len(folders) == 3 and not any(".tmp-" in name for name in folders)
+    assert len(folders) == 3 and not any(".tmp" in name or name.startswith(".") for name in folders)
+    # Users' caches stay valid: these keys were computed before the hashing moved to kdray.io.short_hash.
+    assert folders == ["mrpc-train-64-fa467d5f7f588710cc2d184e", "mrpc-train-64-ff1968e0f4818fef68ff46d4",
+                       "mrpc-validation-64-05b9a240265070fc81f00e8c"]
+    assert tokenizer_fingerprint(tokenizer) == "BertTokenizer-30522-66854eac0051205f-trunc_right"
     meta = json.loads((cache / folders[0] / "meta.json").read_text())
     assert meta["task"] == "mrpc" and meta["max_seq_length"] == 64 and meta["tokenizer_name"]
 

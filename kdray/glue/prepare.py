@@ -9,11 +9,7 @@ with ``max_train_samples``.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from kdray.config import DataConfig
 from kdray.glue.loading import load_task
 from kdray.glue.tasks import TaskSpec, get_task
+from kdray.io import atomic_folder, short_hash
 from kdray.paths import cache_root
 
 HOLDOUT_SEED = 20220  # fixed: the reward set is the same slice for every trial
@@ -97,8 +94,8 @@ def prepare_data(
         # hash captures every subsample/holdout parameter, so equal keys mean equal tokenized rows.
         key_parts = {"version": _CACHE_VERSION, "tokenizer": tok_key, "task": task, "split": split,
                      "max_seq_length": max_seq_length, "raw": raw[split]._fingerprint,
-                     "rows": hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()}
-        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
+                     "rows": short_hash(np.asarray(ids, dtype=np.int64).tobytes(), length=64)}
+        key = short_hash(key_parts, length=24)
         folder = cache / f"{task}-{split}-{max_seq_length}-{key}"
         if not (folder / "dataset_info.json").is_file():
             rows = raw[split].select(ids.tolist())
@@ -150,24 +147,17 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
         payload = json.dumps(state, sort_keys=True)
     else:
         payload = json.dumps(sorted(tokenizer.get_vocab().items())) + str(getattr(tokenizer, "do_lower_case", ""))
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    digest = short_hash(payload, length=16)
     truncation = getattr(tokenizer, "truncation_side", "right")
     return f"{type(tokenizer).__name__}-{len(tokenizer)}-{digest}-trunc_{truncation}"
 
 
 def _save_atomically(ds: datasets.Dataset, folder: Path, meta: dict[str, Any]) -> None:
-    """Write into a temp folder beside ``folder`` and rename it: readers never see half a cache entry."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    try:
+    """Build the entry in a temp folder beside ``folder`` and rename it: readers never see half a cache entry,
+    and of two concurrent builders of the same (deterministic) entry, the first rename wins."""
+    with atomic_folder(folder) as tmp:
         ds.save_to_disk(str(tmp))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
-        os.replace(tmp, folder)
-    except OSError:
-        if not folder.is_dir():  # a concurrent writer did not win either: a real error
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def make_collator(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
