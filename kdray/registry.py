@@ -107,6 +107,8 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("random_soft", "Random-Soft", "random_soft", varying=True),
     MethodSpec("actor_critic_hard", "AC-Hard", "actor_critic", action="hard", varying=True),
     MethodSpec("actor_critic_soft", "AC-Soft", "actor_critic", action="soft", varying=True),
+    MethodSpec("bandit_hard", "KS-Bandit-Hard", "bandit", action="hard", varying=True),
+    MethodSpec("bandit_soft", "KS-Bandit-Soft", "bandit", action="soft", varying=True),
 )
 #: ``selector.name`` values, in table order
 SELECTOR_NAMES: tuple[str, ...] = tuple(dict.fromkeys(m.selector for m in METHODS))

@@ -4,7 +4,7 @@ Importing this package registers every implementation in :data:`SELECTORS` (thei
 labels are declared in :mod:`kdray.registry`); :func:`build_selector` is how the loop gets one.
 """
 
-from kdray.selection import actor_critic, baselines  # noqa: F401  (registers)
+from kdray.selection import actor_critic, bandit, baselines  # noqa: F401  (registers)
 from kdray.selection.base import (
     SELECTORS,
     PhaseOutcome,
