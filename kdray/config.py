@@ -4,7 +4,9 @@ A YAML file is parsed once here (``yaml.safe_load`` only), validated by pydantic
 with unknown keys forbidden, and turned into :class:`RunConfig` (one training
 run, ``kdray train``) or :class:`SweepConfig` (a search space, ``kdray sweep``).
 Every error names the file, the dotted key path and what is allowed, so users
-never see a pydantic or KeyError traceback.
+never see a pydantic or KeyError traceback. Dotted paths (overrides, error
+locations) are walked by :mod:`kdray.config_paths`; the ``search`` section's
+models live in :mod:`kdray.config_search`.
 """
 
 from __future__ import annotations
