@@ -526,7 +526,8 @@ def _bench_ray(work: Path, n_trials: int, log: Callable[[str], None], with_ray_t
     from ray import tune
 
     from kdray.config import SweepConfig
-    from kdray.sweep import QUIET_ENV, TRIAL_DRIVER_CPU, _local_num_cpus, _tune_resources, max_concurrent_trials
+    from kdray.sweep import QUIET_ENV, TRIAL_DRIVER_CPU, max_concurrent_trials
+    from kdray.sweep import local_num_cpus as _local_num_cpus, tune_resources as _tune_resources
 
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)

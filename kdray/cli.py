@@ -51,7 +51,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = dict(_parse_override(o) for o in args.set or [])
     config = load_run_config(args.config, overrides)
     if args.output_dir:
-        config.output_dir = args.output_dir
+        config = config.with_output(args.output_dir)
     result = train(config, teacher_path=args.teacher)
     print(json.dumps({"task": result.task, "method": result.method, "dev_score": result.dev_score,
                       "dev_metrics": result.dev_metrics, "train_seconds": round(result.train_seconds, 1),

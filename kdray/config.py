@@ -4,17 +4,21 @@ A YAML file is parsed once here (``yaml.safe_load`` only), validated by pydantic
 with unknown keys forbidden, and turned into :class:`RunConfig` (one training
 run, ``kdray train``) or :class:`SweepConfig` (a search space, ``kdray sweep``).
 Every error names the file, the dotted key path and what is allowed, so users
-never see a pydantic or KeyError traceback.
+never see a pydantic or KeyError traceback. Dotted paths (overrides, error
+locations) are walked by :mod:`kdray.config_paths`; the ``search`` section's
+models live in :mod:`kdray.config_search`.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from kdray.config_paths import ConfigError, StrictModel, apply_overrides, format_errors
+from kdray.config_search import Distribution, SearchConfig, candidate_values
 
 from kdray import registry
 
@@ -25,14 +29,6 @@ SELECTOR_NAMES: tuple[str, ...] = registry.SELECTOR_NAMES
 GLUE_TASKS: tuple[str, ...] = registry.TASK_NAMES
 
 
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the file, key path and allowed values."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
 def _check_names(values: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
     unknown = [v for v in values if v not in allowed]
     if unknown:
@@ -40,7 +36,7 @@ def _check_names(values: list[str], allowed: tuple[str, ...], what: str) -> list
     return values
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Where GLUE comes from and how much of it a run uses."""
 
     source: Literal["auto", "hub", "local"] = "auto"
@@ -55,7 +51,7 @@ class DataConfig(_Strict):
     subsample_seed: int | None = 0
 
 
-class TeacherConfig(_Strict):
+class TeacherConfig(StrictModel):
     """The teacher: a model to fine-tune once per task, or already fine-tuned folders per task."""
 
     model: str = "minilm-l6"  # hub id, local folder, or a short name such as minilm-l6
@@ -75,7 +71,7 @@ class TeacherConfig(_Strict):
         return v
 
 
-class StudentConfig(_Strict):
+class StudentConfig(StrictModel):
     """The student: layers copied from the teacher, or a smaller pre-trained model."""
 
     init: Literal["teacher_layers", "pretrained"] = "teacher_layers"
@@ -98,7 +94,7 @@ class StudentConfig(_Strict):
 EVAL_BATCH_SIZE = 32
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """Optimisation budget and loop mechanics; identical for every method in a comparison."""
 
     epochs: float = Field(default=3.0, gt=0)
@@ -123,7 +119,7 @@ class TrainConfig(_Strict):
     compile: bool = False  # torch.compile the student
 
 
-class RewardConfig(_Strict):
+class RewardConfig(StrictModel):
     """Reward shaping for the actor-critic selector (DESIGN.md section 1)."""
 
     reward_set: Literal["train_holdout", "dev"] = "train_holdout"
@@ -138,7 +134,7 @@ class RewardConfig(_Strict):
     scale: float = Field(default=1.0, gt=0)  # multiplies the raw loss drop before shaping
 
 
-class SelectorConfig(_Strict):
+class SelectorConfig(StrictModel):
     """Which selector decides the knowledge weights, and how the actor-critic one learns."""
 
     name: str = "actor_critic"
@@ -185,7 +181,7 @@ class SelectorConfig(_Strict):
         return v
 
 
-class KnowledgeConfig(_Strict):
+class KnowledgeConfig(StrictModel):
     """The knowledge pool and the settings of its losses."""
 
     pool: list[str] = Field(default_factory=lambda: ["finetune", "response", "feature", "relation"], min_length=1)
@@ -203,7 +199,7 @@ class KnowledgeConfig(_Strict):
         return v
 
 
-class ResourcesConfig(_Strict):
+class ResourcesConfig(StrictModel):
     """What one trial asks of the Ray cluster."""
 
     workers_per_trial: int = Field(default=1, ge=1)
@@ -220,7 +216,7 @@ class ResourcesConfig(_Strict):
         return self.trainer == "auto" and self.workers_per_trial == 1
 
 
-class _RunSections(_Strict):
+class _RunSections(StrictModel):
     """The sections a run file and a search-space file share."""
 
     data: DataConfig = Field(default_factory=DataConfig)
@@ -254,57 +250,15 @@ class RunConfig(_RunSections):
                 raise ValueError(f"selector.weights names kinds {outside} that are not in knowledge.pool")
         return self
 
+    def with_output(self, output_dir: str, progress: bool | None = None) -> "RunConfig":
+        """A copy that writes under ``output_dir`` (with the progress bar on or off); this one stays as it is."""
+        update: dict[str, Any] = {"output_dir": output_dir}
+        if progress is not None:
+            update["train"] = self.train.model_copy(update={"progress": progress})
+        return self.model_copy(update=update, deep=True)
+
 
 # --------------------------------------------------------------------------- search spaces
-
-
-class Distribution(_Strict):
-    """One searched parameter: exactly one of the distribution keys."""
-
-    choice: list[Any] | None = None
-    grid: list[Any] | None = None
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "Distribution":
-        given = [k for k in ("choice", "grid", "uniform", "loguniform", "int") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of choice, grid, uniform, loguniform, int")
-        kind = given[0]
-        value = getattr(self, kind)
-        if kind in ("choice", "grid") and not value:
-            raise ValueError(f"{kind} needs at least one value")
-        if kind in ("uniform", "loguniform", "int") and not value[0] < value[1]:
-            raise ValueError(f"{kind} needs [low, high] with low < high, got {list(value)}")
-        if kind == "loguniform" and value[0] <= 0:
-            raise ValueError("loguniform needs low > 0")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in ("choice", "grid", "uniform", "loguniform", "int") if getattr(self, k) is not None)
-
-
-class SchedulerConfig(_Strict):
-    type: Literal["none", "asha"] = "none"
-    grace_period: int = Field(default=1, ge=1)  # in evaluations
-    reduction_factor: float = Field(default=3.0, gt=1)
-
-
-class SearchConfig(_Strict):
-    """How trials are generated and which metric they are judged by."""
-
-    mode: Literal["grid", "optuna"] = "grid"
-    metric: str = "dev_score"
-    mode_direction: Literal["max", "min"] = "max"
-    num_samples: int = Field(default=1, ge=1)  # optuna: trials; grid: repeats of the whole grid
-    seed: int = 0  # sampler seed
-    multi_objective: bool = False  # optuna: also minimise train_seconds
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    space: dict[str, Distribution] = Field(default_factory=dict)
-    max_failures: int = Field(default=0, ge=0)  # Ray Train worker restarts per trial
 
 
 class SweepConfig(_RunSections):
@@ -334,48 +288,15 @@ class SweepConfig(_RunSections):
         run = {name: getattr(self, name).model_dump() for name in _RunSections.model_fields}
         run["task"] = task
         if self.task_overrides.get(task):
-            run = apply_overrides(run, self.task_overrides[task], source=f"task_overrides.{task}")
+            run = apply_overrides(run, self.task_overrides[task], RunConfig, source=f"task_overrides.{task}")
         return run
+
+    def trial_run(self, task: str, overrides: dict[str, Any], source: str) -> "RunConfig":
+        """The validated run of one trial: ``task``'s base run with ``overrides`` (dotted keys) set over it."""
+        return validate(RunConfig, apply_overrides(self.base_run(task), overrides, RunConfig, source), source)
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-            parent = e["loc"][:-1]
-            allowed = _allowed_keys(err.title, parent)
-            if allowed:
-                msg += f"; allowed keys: {', '.join(allowed)}"
-        lines.append(f"{source}: {path or '<top>'}: {msg}")
-    return "\n".join(lines)
-
-
-_MODELS: dict[str, type[BaseModel]] = {"RunConfig": RunConfig, "SweepConfig": SweepConfig}
-
-
-def _allowed_keys(title: str, parent: tuple[Any, ...]) -> list[str]:
-    model: Any = _MODELS.get(title)
-    mapping_value = False  # the previous field was dict[str, Model]: this part is a free key
-    for part in parent:
-        if mapping_value:
-            mapping_value = False
-            continue
-        field = getattr(model, "model_fields", {}).get(str(part))
-        if field is None:
-            return []
-        model = field.annotation
-        args = getattr(model, "__args__", ())
-        if getattr(model, "__origin__", None) is dict and len(args) == 2:
-            model, mapping_value = args[1], True
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return []
-    return list(getattr(model, "model_fields", {}))
 
 
 def validate(model: type[BaseModel], raw: Any, source: str = "<config>") -> Any:
@@ -385,7 +306,7 @@ def validate(model: type[BaseModel], raw: Any, source: str = "<config>") -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(format_errors(err, source, model)) from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -408,7 +329,7 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     """Load ``kdray train``'s config file, applying dotted-key overrides first."""
     raw = read_yaml(path)
     if overrides:
-        raw = apply_overrides(raw, overrides, source=str(path))
+        raw = apply_overrides(raw, overrides, RunConfig, source=str(path))
     return validate(RunConfig, raw, str(path))
 
 
@@ -423,7 +344,7 @@ def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None)
             raise ConfigError(f"--set {key}: only run settings can be set on a sweep; allowed sections: "
                               f"{', '.join(_RunSections.model_fields)}")
     if overrides:
-        raw = apply_overrides(raw, overrides, source=f"{path}: --set")
+        raw = apply_overrides(raw, overrides, RunConfig, source=f"{path}: --set")
     sweep: SweepConfig = validate(SweepConfig, raw, str(path))
     # Cross-field rules of a run (e.g. selector.name=fixed needs weights) apply to the unsearched base of every
     # task too (task_overrides may change it per task).
@@ -438,83 +359,16 @@ def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None)
         if key == "task" or key.startswith("output_dir"):
             raise ConfigError(f"{path}: search.space.{key}: not searchable; list tasks under 'tasks'")
         for value in candidate_values(dist):
-            run = apply_overrides(sweep.base_run(sweep.tasks[0]), {key: value}, source=f"{path}: search.space")
+            run = apply_overrides(sweep.base_run(sweep.tasks[0]), {key: value}, RunConfig, f"{path}: search.space")
             validate(RunConfig, run, f"{path}: search.space.{key}={value!r}")
     return sweep
 
 
-def candidate_values(dist: Distribution) -> list[Any]:
-    """Representative values of a distribution, used to validate it against the run schema."""
-    if dist.choice is not None:
-        return list(dist.choice)
-    if dist.grid is not None:
-        return list(dist.grid)
-    bounds = dist.uniform or dist.loguniform or dist.int
-    return list(bounds)  # type: ignore[arg-type]
+__all__ = [
+    "ConfigError", "DataConfig", "Distribution", "EVAL_BATCH_SIZE", "GLUE_TASKS", "KNOWLEDGE_KINDS",
+    "KnowledgeConfig", "ResourcesConfig", "RewardConfig", "RunConfig", "SELECTOR_NAMES", "SearchConfig",
+    "SelectorConfig", "StudentConfig", "SweepConfig", "TeacherConfig", "TrainConfig", "candidate_values",
+    "load_run_config", "load_sweep_config", "read_yaml", "validate",
+]
 
 
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str = "<overrides>") -> dict[str, Any]:
-    """Return a copy of ``raw`` with ``{"a.b.c": value}`` overrides set; unknown paths are errors."""
-    out = copy.deepcopy(raw)
-    for dotted, value in overrides.items():
-        parts = dotted.split(".")
-        model: Any = RunConfig
-        node = out
-        for i, part in enumerate(parts):
-            fields = getattr(model, "model_fields", None)
-            if fields is None or part not in fields:
-                allowed = ", ".join(fields) if fields else "(a plain value has no sub-keys)"
-                where = ".".join(parts[: i + 1])
-                raise ConfigError(f"{source}: {dotted}: unknown key '{where}'; allowed keys: {allowed}")
-            if i == len(parts) - 1:
-                section = fields[part].annotation
-                if isinstance(value, dict) and isinstance(section, type) and issubclass(section, BaseModel):
-                    # A mapping over a section sets its keys one by one: selector={name: actor_critic,
-                    # action: hard} changes those two and keeps the section's other settings.
-                    node[part] = apply_overrides_in(section, node.get(part) or {}, value, f"{source}: {dotted}")
-                else:
-                    node[part] = copy.deepcopy(value)
-            else:
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict):
-                    raise ConfigError(f"{source}: {dotted}: '{'.'.join(parts[: i + 1])}' is not a mapping")
-                model = fields[part].annotation
-    return out
-
-
-def flatten_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Mapping values over a section become dotted keys: ``{"selector": {"name": "pkd"}}`` -> ``{"selector.name":
-    "pkd"}``, so each searched setting lands in its own trials.parquet column however the space file grouped it.
-    Mappings that are values themselves (``selector.weights``) stay whole."""
-    out: dict[str, Any] = {}
-    for dotted, value in overrides.items():
-        model: Any = RunConfig
-        for part in dotted.split("."):
-            field = getattr(model, "model_fields", {}).get(part)
-            model = field.annotation if field is not None else None
-        if isinstance(value, dict) and value and isinstance(model, type) and issubclass(model, BaseModel):
-            out.update(flatten_overrides({f"{dotted}.{k}": v for k, v in value.items()}))
-        else:
-            out[dotted] = value
-    return out
-
-
-def apply_overrides_in(model: type[BaseModel], raw: dict[str, Any], overrides: dict[str, Any],
-                       source: str) -> dict[str, Any]:
-    """:func:`apply_overrides` inside one section (``model``) of a run config; keys name that section's fields."""
-    out = copy.deepcopy(raw)
-    for key, value in overrides.items():
-        fields = model.model_fields
-        if key not in fields:
-            raise ConfigError(f"{source}: unknown key '{key}'; allowed keys: {', '.join(fields)}")
-        section = fields[key].annotation
-        if isinstance(value, dict) and isinstance(section, type) and issubclass(section, BaseModel):
-            out[key] = apply_overrides_in(section, out.get(key) or {}, value, f"{source}.{key}")
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def run_config_from_dict(raw: dict[str, Any], source: str = "<trial config>") -> RunConfig:
-    """Rebuild a RunConfig from its ``model_dump()`` (how trials receive it through Ray)."""
-    return validate(RunConfig, raw, source)

@@ -1,26 +1,26 @@
 """Sweep results on disk: ``trials.parquet`` and ``traces.parquet`` under ``<storage>/<sweep>/``.
 
 Files are rewritten whole on every append (they are small: one row per trial, one per kind per phase),
-under an ``fcntl`` lock so several processes can append, into a temp file that is fsynced and then
-``os.replace``d, so a crash leaves either the old file or the new one, never half of one.
-A trial id that is appended again replaces its old row and its old traces (re-runs, resumes).
+under a lock (:func:`kdray.io.locked` on ``.results.lock``) so several processes can append, and written
+with :func:`kdray.io.atomic_write_parquet` (temp file, fsync, rename), so a crash leaves either the old file
+or the new one, never half of one. A trial id that is appended again replaces its old row and its old
+traces (re-runs, resumes). Columns are read by name: a file written before a column existed still loads,
+its rows holding nulls there.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import fcntl
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Mapping
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from kdray.io import atomic_write_parquet, locked
+from kdray.records import RunResult
 
 TRIALS_FILE = "trials.parquet"
 TRACES_FILE = "traces.parquet"
@@ -36,6 +36,10 @@ REWARD_SHAPING_TYPE = pa.struct([
     ("eval_examples", pa.int64()),
 ])
 
+# One column per field of kdray.records.RunResult, plus the trial's identity and status. The one field left out,
+# ``traces`` (per kind per phase), goes to traces.parquet row by row instead (TRACE_SCHEMA). Columns added
+# later (selector_seconds, final_steps, mean_step_seconds, teacher_cache) are null in rows of older files.
+DROPPED_RESULT_FIELDS = {"traces": "stored row by row in traces.parquet"}
 TRIAL_SCHEMA = pa.schema([
     ("sweep", pa.string()),
     ("trial_id", pa.string()),
@@ -58,6 +62,10 @@ TRIAL_SCHEMA = pa.schema([
     ("train_steps", pa.int64()),
     ("train_seconds", pa.float64()),
     ("samples_per_second", pa.float64()),
+    ("selector_seconds", pa.float64()),
+    ("final_steps", pa.int64()),
+    ("mean_step_seconds", pa.float64()),
+    ("teacher_cache", pa.bool_()),
     ("started_at", pa.timestamp("us", tz="UTC")),
     ("finished_at", pa.timestamp("us", tz="UTC")),
 ])
@@ -82,31 +90,33 @@ TRACE_COLUMNS: tuple[str, ...] = tuple(TRACE_SCHEMA.names)
 # --------------------------------------------------------------------------- row builders
 
 
-def _as_dict(result: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        return dataclasses.asdict(result)
+def _result_fields(result: RunResult | Mapping[str, Any] | None) -> dict[str, Any]:
+    """A run record's fields by name; a RunResult must fit the schema (a new field needs a column)."""
+    if isinstance(result, RunResult):
+        out = result.record()
+        missing = sorted(set(out) - set(TRIAL_COLUMNS) - set(DROPPED_RESULT_FIELDS))
+        if missing:
+            raise ValueError(f"RunResult fields {missing} have no trials.parquet column; add them to TRIAL_SCHEMA")
+        return out
     return dict(result or {})
 
 
 def trial_row(
     sweep: str,
     trial_id: str,
-    result: Any,
+    result: RunResult | Mapping[str, Any] | None,
     searched: dict[str, Any] | None = None,
     status: str = "TERMINATED",
     error: str | None = None,
     started_at: Any = None,
     finished_at: Any = None,
 ) -> dict[str, Any]:
-    """One trials.parquet row from a RunResult (dataclass or dict; may be empty for a failed trial).
+    """One trials.parquet row from a trial's RunResult (or, for a failed or stopped trial, the fields known of it).
 
     Searched parameters become their own columns named by the dotted key.
     """
-    res = _as_dict(result)
-    row: dict[str, Any] = {name: None for name in TRIAL_COLUMNS}
-    for name in TRIAL_COLUMNS:
-        if name in res:
-            row[name] = res[name]
+    res = _result_fields(result)
+    row: dict[str, Any] = {name: res.get(name) for name in TRIAL_COLUMNS}
     row.update(sweep=sweep, trial_id=str(trial_id), status=status, error=error,
                started_at=started_at, finished_at=finished_at)
     for key, value in (searched or {}).items():
@@ -195,52 +205,25 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
-# --------------------------------------------------------------------------- atomic, locked writes
+# --------------------------------------------------------------------------- locked, atomic writes
 
 
-@contextlib.contextmanager
-def _locked(sweep_dir: Path) -> Iterator[None]:
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / LOCK_FILE, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+def _lock(sweep_dir: Path) -> Any:
+    return locked(sweep_dir / LOCK_FILE)
 
 
 def append_trials(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Add trial rows; a trial_id already present is replaced by the new row."""
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / TRIALS_FILE
-    with _locked(sweep_dir):
+    with _lock(sweep_dir):
         new = [_normalise_trial(r) for r in rows]
         ids = {r["trial_id"] for r in new}
         old = [r for r in _read_rows(path) if r["trial_id"] not in ids]
         latest: dict[str, dict[str, Any]] = {}
         for r in new:  # the last row of a trial id within one call wins
             latest[r["trial_id"]] = r
-        _write_atomic(_to_table(old + list(latest.values()), TRIAL_SCHEMA), path)
+        atomic_write_parquet(path, _to_table(old + list(latest.values()), TRIAL_SCHEMA))
     return path
 
 
@@ -248,10 +231,10 @@ def append_traces(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Add trace rows; every trace of a trial_id present in ``rows`` replaces that trial's old traces."""
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / TRACES_FILE
-    with _locked(sweep_dir):
+    with _lock(sweep_dir):
         ids = {str(r["trial_id"]) for r in rows}
         old = [r for r in _read_rows(path) if r["trial_id"] not in ids]
-        _write_atomic(_to_table(old + [dict(r) for r in rows], TRACE_SCHEMA), path)
+        atomic_write_parquet(path, _to_table(old + [dict(r) for r in rows], TRACE_SCHEMA))
     return path
 
 
@@ -270,13 +253,27 @@ def mirror_to_uri(sweep_dir: str | Path, uri: str) -> list[str]:
     filesystem, base = pafs.FileSystem.from_uri(uri.rstrip("/"))
     filesystem.create_dir(base, recursive=True)
     written = []
-    with _locked(Path(sweep_dir)):
+    with _lock(Path(sweep_dir)):
         for name in (TRIALS_FILE, TRACES_FILE):
             src = Path(sweep_dir) / name
             if src.is_file():
                 pafs.copy_files(str(src), f"{base}/{name}", destination_filesystem=filesystem)
                 written.append(f"{base}/{name}")
     return written
+
+
+def recorded_score(sweep_dir: str, trial_id: str) -> float | None:
+    """dev_score of ``trial_id`` if trials.parquet already holds it as finished or failed, else None.
+
+    A resumed sweep asks this before re-running a trial that finished after Tune's last state save.
+    """
+    path = Path(sweep_dir) / TRIALS_FILE
+    if "://" in sweep_dir or not path.is_file():
+        return None
+    for row in pq.read_table(path, columns=["trial_id", "status", "dev_score"]).to_pylist():
+        if row["trial_id"] == trial_id and row["status"] in ("TERMINATED", "ERROR"):
+            return float(row["dev_score"]) if row["dev_score"] is not None else math.nan
+    return None
 
 
 def find_sweep_dir(path: str | Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kdray import results
+from kdray.records import RunResult
 from kdray.results import append_traces, append_trials, load, trace_rows, trial_row
 
 
@@ -94,7 +96,7 @@ def test_crash_during_write_keeps_old_file(tmp_path: Path, monkeypatch: pytest.M
     def boom(*args: object, **kwargs: object) -> None:
         raise OSError("disk died mid-rename")
 
-    monkeypatch.setattr(results.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)  # the rename inside kdray.io.atomic_write
     with pytest.raises(OSError, match="disk died"):
         append_trials(tmp_path, [_row("b")])
     monkeypatch.undo()
@@ -141,3 +143,38 @@ def test_mirror_to_uri_copies_whole_files(tmp_path: Path) -> None:
     assert written == [f"{tmp_path}/bucket/sw/trials.parquet"]  # no traces yet: nothing half-made
     trials, _ = load(tmp_path / "bucket" / "sw")
     assert list(trials["trial_id"]) == ["t1"] and trials["error"].iloc[0] == "boom"
+
+
+def _run_result(**changes: object) -> RunResult:
+    fields = {k: v for k, v in _result().items()}
+    fields.update(final_steps=20, mean_step_seconds=0.05, teacher_cache=True)
+    fields.update(changes)
+    return RunResult(**fields)  # type: ignore[arg-type]
+
+
+def test_every_run_result_field_lands_in_trials_parquet(tmp_path: Path) -> None:
+    """Each RunResult field is a trials.parquet column, or dropped on purpose (traces: traces.parquet)."""
+    names = {f.name for f in dataclasses.fields(RunResult)}
+    assert names - set(results.DROPPED_RESULT_FIELDS) <= set(results.TRIAL_COLUMNS)
+    assert set(results.DROPPED_RESULT_FIELDS) == {"traces"}
+    result = RunResult.from_json(_run_result().to_json())  # as it crosses a Tune report
+    append_trials(tmp_path, [trial_row("sw", "a", result, {"train.lr": 1e-4})])
+    row = load(tmp_path)[0].iloc[0]
+    for name in names - {"traces"}:
+        expected = getattr(result, name)
+        assert row[name] == expected or (name == "knowledge_pool" and list(row[name]) == expected), name
+    assert (row["selector_seconds"], row["final_steps"], row["teacher_cache"]) == (0.1, 20, True)
+
+
+def test_files_from_before_a_column_still_load_and_append(tmp_path: Path) -> None:
+    """A trials.parquet written before selector_seconds & co. existed: load() reads it, an append keeps its rows."""
+    append_trials(tmp_path, [_row("old")])
+    table = pq.read_table(tmp_path / "trials.parquet")
+    table = table.drop_columns(["selector_seconds", "final_steps", "mean_step_seconds", "teacher_cache"])
+    pq.write_table(table, tmp_path / "trials.parquet")  # what kdray wrote before those columns existed
+    trials, _ = load(tmp_path)
+    assert trials["trial_id"].tolist() == ["old"] and "selector_seconds" not in trials
+    append_trials(tmp_path, [trial_row("sw", "new", _run_result(), {})])
+    trials = load(tmp_path)[0].set_index("trial_id")
+    assert pd.isna(trials.loc["old", "selector_seconds"]) and trials.loc["new", "selector_seconds"] == 0.1
+    assert trials.loc["old", "dev_score"] == 0.6

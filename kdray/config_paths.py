@@ -1,0 +1,137 @@
+"""Dotted key paths over the config models: one walker behind overrides, flattening and error messages.
+
+``train.lr``, ``selector.reward.cost`` and pydantic's error locations all name a field by the path from a
+root model (:class:`~kdray.config.RunConfig` or ``SweepConfig``). :func:`field_at` follows such a path one
+field at a time; everything else here (``--set``/searched overrides, their flattening into Parquet column
+names, the "allowed keys" of an error) is that walk plus what to do at its end. A leaf module: the models
+pass themselves in as the root, so it imports no kdray module.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+NO_SUB_KEYS = "(a plain value has no sub-keys)"
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the file, key path and allowed values."""
+
+
+class StrictModel(BaseModel):
+    """A config section: unknown keys are errors, and assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class UnknownKey(KeyError):
+    """A path part that names no field; ``allowed`` are the field names at that point (empty under a value)."""
+
+    def __init__(self, depth: int, allowed: list[str]) -> None:
+        super().__init__(depth)
+        self.depth, self.allowed = depth, allowed
+
+
+def is_section(annotation: Any) -> bool:
+    """Whether ``annotation`` is a config model (a section whose keys can be walked into)."""
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _child(annotation: Any, part: str, depth: int) -> Any:
+    """The annotation one step below ``annotation``: a model's field, or any key of a ``dict[str, Model]``."""
+    if is_section(annotation):
+        fields = annotation.model_fields
+        if part not in fields:
+            raise UnknownKey(depth, list(fields))
+        return fields[part].annotation
+    args = getattr(annotation, "__args__", ())
+    if getattr(annotation, "__origin__", None) is dict and len(args) == 2 and is_section(args[1]):
+        return args[1]  # search.space.<any dotted key> -> Distribution
+    raise UnknownKey(depth, [])
+
+
+def field_at(root: type[BaseModel], parts: Sequence[Any]) -> Any:
+    """The annotation that ``parts`` lead to from ``root``; :class:`UnknownKey` at the first part that is no field."""
+    annotation: Any = root
+    for depth, part in enumerate(parts):
+        annotation = _child(annotation, str(part), depth)
+    return annotation
+
+
+def allowed_keys(root: type[BaseModel], parent: Sequence[Any]) -> list[str]:
+    """Field names of the section at ``parent`` (empty when ``parent`` is not a section)."""
+    try:
+        annotation = field_at(root, parent)
+    except UnknownKey:
+        return []
+    return list(annotation.model_fields) if is_section(annotation) else []
+
+
+def format_errors(err: ValidationError, source: str, root: type[BaseModel]) -> str:
+    """One line per pydantic error: ``source: key.path: message``, unknown keys with the allowed ones."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            allowed = allowed_keys(root, e["loc"][:-1])
+            if allowed:
+                msg += f"; allowed keys: {', '.join(allowed)}"
+        lines.append(f"{source}: {path or '<top>'}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], root: type[BaseModel],
+                    source: str = "<overrides>") -> dict[str, Any]:
+    """A copy of ``raw`` with ``{"a.b.c": value}`` overrides set; paths that name no field of ``root`` are errors.
+
+    A mapping over a section sets its keys one by one: ``selector={name: actor_critic, action: hard}`` changes
+    those two and keeps the section's other settings.
+    """
+    return _apply(copy.deepcopy(raw), root, overrides, source, top=True)
+
+
+def _apply(out: dict[str, Any], section: Any, overrides: dict[str, Any], source: str, top: bool) -> dict[str, Any]:
+    """Set ``overrides`` into ``out`` (a dump of ``section``); ``top``: keys are dotted paths, else field names."""
+    for key, value in overrides.items():
+        parts = key.split(".") if top else [key]
+        node, annotation = out, section
+        for depth, part in enumerate(parts):
+            where = ".".join(parts[: depth + 1])
+            try:
+                annotation = _child(annotation, part, depth)
+            except UnknownKey as unknown:
+                lead = f"{source}: {key}" if top else source
+                allowed = ", ".join(unknown.allowed) or NO_SUB_KEYS
+                raise ConfigError(f"{lead}: unknown key '{where}'; allowed keys: {allowed}") from None
+            if depth < len(parts) - 1:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{source}: {key}: '{where}' is not a mapping")
+        if isinstance(value, dict) and is_section(annotation):
+            inner = f"{source}: {key}" if top else f"{source}.{key}"
+            node[parts[-1]] = _apply(copy.deepcopy(node.get(parts[-1]) or {}), annotation, value, inner, top=False)
+        else:
+            node[parts[-1]] = copy.deepcopy(value)
+    return out
+
+
+def flatten_overrides(overrides: dict[str, Any], root: type[BaseModel]) -> dict[str, Any]:
+    """Mapping values over a section become dotted keys: ``{"selector": {"name": "pkd"}}`` -> ``{"selector.name":
+    "pkd"}``, so each searched setting lands in its own trials.parquet column however the space file grouped it.
+    Mappings that are values themselves (``selector.weights``) stay whole."""
+    out: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        try:
+            annotation = field_at(root, dotted.split("."))
+        except UnknownKey:
+            annotation = None
+        if isinstance(value, dict) and value and is_section(annotation):
+            out.update(flatten_overrides({f"{dotted}.{k}": v for k, v in value.items()}, root))
+        else:
+            out[dotted] = value
+    return out

@@ -1,0 +1,77 @@
+"""The ``search`` section of a space file: which parameters vary, how they are sampled, how trials are judged.
+
+Kept apart from the run sections in :mod:`kdray.config`: a run never reads them, only the sweep does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from kdray.config_paths import StrictModel
+
+DISTRIBUTION_KINDS: tuple[str, ...] = ("choice", "grid", "uniform", "loguniform", "int")
+
+
+class Distribution(StrictModel):
+    """One searched parameter: exactly one of the distribution keys."""
+
+    choice: list[Any] | None = None
+    grid: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Distribution":
+        given = [k for k in DISTRIBUTION_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of choice, grid, uniform, loguniform, int")
+        kind = given[0]
+        value = getattr(self, kind)
+        if kind in ("choice", "grid") and not value:
+            raise ValueError(f"{kind} needs at least one value")
+        if kind in ("uniform", "loguniform", "int") and not value[0] < value[1]:
+            raise ValueError(f"{kind} needs [low, high] with low < high, got {list(value)}")
+        if kind == "loguniform" and value[0] <= 0:
+            raise ValueError("loguniform needs low > 0")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in DISTRIBUTION_KINDS if getattr(self, k) is not None)
+
+    @property
+    def values(self) -> list[Any] | None:
+        """The listed values of a ``choice`` or ``grid``; None for a continuous or integer range."""
+        listed = self.choice if self.choice is not None else self.grid
+        return None if listed is None else list(listed)
+
+
+def candidate_values(dist: Distribution) -> list[Any]:
+    """Representative values of a distribution, used to validate it against the run schema."""
+    if dist.values is not None:
+        return dist.values
+    bounds = dist.uniform or dist.loguniform or dist.int
+    return list(bounds)  # type: ignore[arg-type]
+
+
+class SchedulerConfig(StrictModel):
+    type: Literal["none", "asha"] = "none"
+    grace_period: int = Field(default=1, ge=1)  # in evaluations
+    reduction_factor: float = Field(default=3.0, gt=1)
+
+
+class SearchConfig(StrictModel):
+    """How trials are generated and which metric they are judged by."""
+
+    mode: Literal["grid", "optuna"] = "grid"
+    metric: str = "dev_score"
+    mode_direction: Literal["max", "min"] = "max"
+    num_samples: int = Field(default=1, ge=1)  # optuna: trials; grid: repeats of the whole grid
+    seed: int = 0  # sampler seed
+    multi_objective: bool = False  # optuna: also minimise train_seconds
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    space: dict[str, Distribution] = Field(default_factory=dict)
+    max_failures: int = Field(default=0, ge=0)  # Ray Train worker restarts per trial

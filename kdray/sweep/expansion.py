@@ -1,0 +1,162 @@
+"""A space file's trials, before Ray starts: grid expansion, the Optuna space, and the keys trials are known by.
+
+Every trial is a :class:`Trial`, validated here once: its run is a :class:`~kdray.config.RunConfig` that no
+later stage checks or edits again (the trial body only derives a copy with its output folder).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdray.config import ConfigError, RunConfig, SweepConfig
+from kdray.config_paths import flatten_overrides
+from kdray.config_search import Distribution
+from kdray.io import short_hash
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial of a sweep.
+
+    Attributes:
+        key: what ``--resume`` and ``trials.parquet`` know the trial by (``trial_id``).
+        task: the GLUE task.
+        seed: the run's ``train.seed``.
+        repeat: the grid repeat index (``search.num_samples``); 0 for Optuna trials.
+        params: the searched values, one dotted key each (one trials.parquet column each).
+        run: the validated run settings.
+    """
+
+    key: str
+    task: str
+    seed: int
+    repeat: int
+    params: dict[str, Any]
+    run: RunConfig
+
+    def identity(self) -> dict[str, Any]:
+        """What Tune's config holds for a grid trial: everything but the run (status lines stay short)."""
+        return {"trial_key": self.key, "task": self.task, "seed": self.seed, "repeat": self.repeat,
+                "params": self.params}
+
+
+def trial_key(sweep_name: str, task: str, seed: int, params: dict[str, Any], repeat: int) -> str:
+    """A grid trial's key: the same YAML gives the same keys (committed results and ``--resume`` rely on it)."""
+    ident = {"task": task, "seed": seed, "params": params, "repeat": repeat}
+    return f"{sweep_name}-{task}-s{seed}-{short_hash(ident, 10, 'sha1')}"
+
+
+def resolve_paths(sweep: SweepConfig, base: Path) -> SweepConfig:
+    """A copy with the file's relative paths made absolute against ``base`` (the YAML's folder)."""
+
+    def fix(value: str | None) -> str | None:
+        if not value or "://" in value or Path(value).is_absolute():
+            return value
+        return str((base / value).resolve())
+
+    data = sweep.data.model_copy(update={"dir": fix(sweep.data.dir), "cache_dir": fix(sweep.data.cache_dir)})
+    teacher = sweep.teacher.model_copy(update={
+        "cache_dir": fix(sweep.teacher.cache_dir),
+        "finetuned": {k: fix(v) or v for k, v in sweep.teacher.finetuned.items()}})
+    selector = sweep.selector.model_copy(update={"init_from": fix(sweep.selector.init_from)})
+    return sweep.model_copy(update={"data": data, "teacher": teacher, "selector": selector}, deep=True)
+
+
+def _grid_values(key: str, dist: Distribution, source: str) -> list[Any]:
+    if dist.values is not None:
+        return dist.values
+    raise ConfigError(f"{source}: search.space.{key}: {dist.kind} has no finite values for search.mode grid; "
+                      f"use grid/choice lists, or search.mode optuna")
+
+
+def expand_grid(sweep: SweepConfig, source: str = "<sweep>") -> list[Trial]:
+    """Every trial of a grid sweep: tasks x every ``grid``/``choice`` combination x seeds x repeats."""
+    keys = list(sweep.search.space)
+    value_lists = [_grid_values(k, sweep.search.space[k], source) for k in keys]
+    trials = []
+    for task in sweep.tasks:
+        for combo in itertools.product(*value_lists):
+            params = flatten_overrides(dict(zip(keys, combo)), RunConfig)
+            for seed in sweep.train.seeds:
+                run = sweep.trial_run(task, {**params, "train.seed": seed},
+                                      f"{source}: trial {task} seed={seed} {params}")
+                for repeat in range(sweep.search.num_samples):
+                    key = trial_key(sweep.name, task, seed, params, repeat)
+                    trials.append(Trial(key, task, seed, repeat, params, run))
+    return trials
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (int, float, str, bool)) or v is None
+
+
+def tune_space(sweep: SweepConfig) -> dict[str, Any]:
+    """The Optuna search space in Tune's terms; list-valued choices (e.g. knowledge.pool) are chosen by index."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key, dist in sweep.search.space.items():
+        if dist.values is not None:
+            values = dist.values
+            # Optuna categoricals hold scalars only: lists (e.g. knowledge.pool) are chosen by index.
+            space[key] = tune.choice(values if all(_scalar(v) for v in values) else list(range(len(values))))
+        elif dist.uniform is not None:
+            space[key] = tune.uniform(*dist.uniform)
+        elif dist.loguniform is not None:
+            space[key] = tune.loguniform(*dist.loguniform)
+        else:
+            low, high = dist.int  # type: ignore[misc]
+            space[key] = tune.randint(low, high + 1)  # inclusive upper bound, as written in the YAML
+    return space
+
+
+def decode_sample(space: dict[str, Distribution], sampled: dict[str, Any]) -> dict[str, Any]:
+    """An Optuna sample as searched values: indices of list-valued choices back to their lists, dotted keys."""
+    out = {}
+    for key, dist in space.items():
+        value = sampled[key]
+        if dist.values is not None and not all(_scalar(v) for v in dist.values):
+            value = dist.values[int(value)]
+        out[key] = value
+    return flatten_overrides(out, RunConfig)
+
+
+def tune_identity(sweep: SweepConfig, config: dict[str, Any], task: str | None,
+                  tune_trial_id: str) -> tuple[str, str, dict[str, Any]]:
+    """(key, task, searched values) of a Tune trial: a grid trial's identity, or an Optuna study's trial id and
+    decoded sample (the Tune trial id persists through a restore)."""
+    if "trial" in config:
+        ident = config["trial"]
+        return ident["trial_key"], ident["task"], ident["params"]
+    if task is None:
+        raise ValueError("an Optuna trial needs its study's task")
+    return f"{sweep.name}-{task}-{tune_trial_id}", task, decode_sample(sweep.search.space, config)
+
+
+def optuna_trial(sweep: SweepConfig, task: str | None, tune_trial_id: str, config: dict[str, Any]) -> Trial:
+    """The typed trial of one Optuna sample: its values set once over the task's base run (first seed)."""
+    key, task, params = tune_identity(sweep, config, task, tune_trial_id)
+    seed = sweep.train.seeds[0]
+    run = sweep.trial_run(task, {**params, "train.seed": seed}, f"trial {key}")
+    return Trial(key, task, seed, 0, params, run)
+
+
+def describe(sweep: SweepConfig, trials: list[Trial] | None) -> str:
+    """What ``--dry-run`` prints."""
+    lines = [f"sweep {sweep.name}: mode={sweep.search.mode} tasks={sweep.tasks} seeds={sweep.train.seeds} "
+             f"metric={sweep.search.metric} ({sweep.search.mode_direction})"]
+    if trials is not None:
+        lines.append(f"{len(trials)} trials")
+        for t in trials:
+            params = " ".join(f"{k}={v}" for k, v in t.params.items())
+            lines.append(f"  {t.key}  task={t.task} seed={t.seed} repeat={t.repeat} {params}")
+    else:
+        lines.append(f"optuna (TPE, seed {sweep.search.seed}): {sweep.search.num_samples} trials per task, "
+                     f"one study per task, seed {sweep.train.seeds[0]}"
+                     + (", objectives dev_score max + train_seconds min" if sweep.search.multi_objective else ""))
+        for key, dist in sweep.search.space.items():
+            lines.append(f"  {key}: {dist.kind} {getattr(dist, dist.kind)}")
+    return "\n".join(lines)

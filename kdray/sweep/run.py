@@ -1,0 +1,236 @@
+"""``kdray sweep``: validate the space file, prepare teachers, run the Tuner(s), summarise.
+
+Shape of a sweep (:func:`run_sweep`):
+
+1. Validate the YAML (:func:`kdray.config.load_sweep_config`) and expand it into typed trials
+   (:mod:`kdray.sweep.expansion`), before Ray starts. Relative paths in the file (``data.dir``, ``data.cache_dir``,
+   ``teacher.finetuned.*``, ``teacher.cache_dir``, ``selector.init_from``) resolve against the YAML file's folder.
+2. ``grid``: one Tuner over the explicit trials (``tune.grid_search`` over their identities). ``optuna``: one
+   study per task (its own Tuner under ``<sweep>/tune_<task>``) with a seeded TPE sampler; trials run with the
+   first of ``train.seeds``. Optional multi-objective: maximise ``dev_score`` and minimise ``train_seconds``.
+3. The teacher stage (:mod:`kdray.sweep.teachers`), then the trials (:mod:`kdray.sweep.trial`), each recorded in
+   ``trials.parquet``/``traces.parquet`` as soon as it ends (:mod:`kdray.sweep.recorder`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kdray.config import ConfigError, RunConfig, SweepConfig, load_sweep_config, validate
+from kdray.sweep.expansion import Trial, describe, expand_grid, resolve_paths, tune_space
+from kdray.sweep.recorder import make_recorder
+from kdray.sweep.resources import QUIET_ENV, local_num_cpus, max_concurrent_trials, tune_resources, worker_env
+from kdray.sweep.teachers import teacher_root, teacher_stage
+from kdray.sweep.trial import ERROR_KEY, TrialContext, trial_fn
+
+
+def run_sweep(space_path: str, address: str | None = None, storage: str | None = None, name: str | None = None,
+              resume: bool = False, dry_run: bool = False, max_concurrent: int | None = None,
+              num_samples: int | None = None, overrides: dict[str, Any] | None = None,
+              teachers_only: bool = False) -> int:
+    """Run (or with ``dry_run`` print) the sweep in ``space_path``; returns the process exit code.
+
+    Args:
+        space_path: the search-space YAML.
+        address: None = start a local Ray (dashboard off); ``auto`` or ``ray://host:port`` = connect to a cluster.
+        storage: results root, a path or URI (default ``./runs``); results go under ``<storage>/<name>/``.
+        name: sweep name (default: the YAML's ``name``).
+        resume: continue an interrupted sweep (finished trials are not re-run; running ones resume from checkpoints).
+        dry_run: print the expanded trials (grid) or the space (optuna) and exit 0 without Ray.
+        max_concurrent: at most this many trials at once (default: as many as the cluster's resources fit).
+        num_samples: override ``search.num_samples``.
+        overrides: dotted run settings set over the file's (``--set resources.use_gpu=true``); trial keys do not
+            change, so ``--resume`` with other resources continues the same sweep.
+        teachers_only: fine-tune (or find) the sweep's teachers under ``storage`` and stop, without Ray: prepare
+            them on one GPU box (or before a long sweep) and run the trials later with the same storage.
+
+    Returns:
+        0 when every trial finished, 1 when some trial is recorded as ERROR, 2 for a bad configuration.
+    """
+    try:
+        sweep = load_sweep(space_path, overrides, name, num_samples)
+        trials = expand_grid(sweep, str(space_path)) if sweep.search.mode == "grid" else None
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    if dry_run:
+        print(describe(sweep, trials))
+        return 0
+    storage = storage or str(Path("runs").resolve())
+    is_uri = "://" in storage
+    if not is_uri:
+        storage = str(Path(storage).resolve())
+    if teachers_only:
+        t0 = time.time()
+        root = teacher_root(sweep, storage, is_uri)
+        found = teacher_stage(sweep, stage_runs(sweep, trials), root, local=True)
+        print(f"[kdray] {len(found)} teacher(s) ready under {root} ({time.time() - t0:.1f}s)", flush=True)
+        return 0
+    return _on_ray(sweep, trials, storage, is_uri, address, resume, max_concurrent)
+
+
+def load_sweep(space_path: str, overrides: dict[str, Any] | None, name: str | None,
+               num_samples: int | None) -> SweepConfig:
+    """The validated sweep with the command line's name and sample count, its paths made absolute."""
+    sweep = load_sweep_config(space_path, overrides)
+    if num_samples is not None:
+        if num_samples < 1:
+            raise ConfigError(f"--num-samples {num_samples}: must be >= 1")
+        sweep = sweep.model_copy(update={"search": sweep.search.model_copy(update={"num_samples": num_samples})})
+    if name is not None:
+        sweep = validate(SweepConfig, {**sweep.model_dump(), "name": name}, f"--name {name}")
+    if sweep.search.mode == "optuna" and sweep.search.multi_objective and sweep.search.scheduler.type == "asha":
+        raise ConfigError(f"{space_path}: search.scheduler.type: asha needs one objective; "
+                          f"set search.multi_objective: false or scheduler type none")
+    return resolve_paths(sweep, Path(space_path).resolve().parent)
+
+
+def stage_runs(sweep: SweepConfig, trials: list[Trial] | None) -> list[RunConfig]:
+    """The runs whose teachers the teacher stage prepares: every grid trial's, or each task's base run."""
+    if trials is not None:
+        return [t.run for t in trials]
+    return [sweep.trial_run(task, {"train.seed": sweep.train.seeds[0]}, f"task {task}") for task in sweep.tasks]
+
+
+def _on_ray(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, address: str | None,
+            resume: bool, max_concurrent: int | None) -> int:
+    """Start (or join) Ray, prepare the teachers, run each Tuner; the exit code of :func:`run_sweep`."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    sweep_dir = f"{storage.rstrip('/')}/{sweep.name}"
+    runtime_env = {"env_vars": worker_env()}
+    if address is None:
+        # address="local": always start our own Ray, never join (and clash with) another one on this machine.
+        ray.init(address="local", num_cpus=local_num_cpus(sweep), num_gpus=0 if not sweep.resources.use_gpu else None,
+                 include_dashboard=False, dashboard_host="127.0.0.1", runtime_env=runtime_env,
+                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    else:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="WARNING")
+    t0 = time.time()
+    try:
+        concurrent = max_concurrent_trials(sweep, ray.cluster_resources(), max_concurrent)
+        root = teacher_root(sweep, storage, is_uri)
+        teachers = teacher_stage(sweep, stage_runs(sweep, trials), root, local=address is None)
+        trials_dir = (f"{sweep_dir}/trials" if not is_uri
+                      else str(Path(tempfile.gettempdir()) / "kdray_trials" / sweep.name))
+        failed = 0
+        for task in [None] if trials is not None else sweep.tasks:
+            ctx = TrialContext(sweep, task, {t.key: t for t in trials or []}, teachers, root, trials_dir,
+                               f"{sweep_dir}/train", sweep_dir)
+            failed += _run_tuner(ctx, trials, concurrent, resume, is_uri)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    finally:
+        if address is None:
+            ray.shutdown()
+    _summary(sweep, sweep_dir, time.time() - t0)
+    return 1 if failed else 0
+
+
+def _run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, resume: bool, is_uri: bool) -> int:
+    """One Tuner (the grid, or one task's Optuna study); returns how many of its trials ended in ERROR."""
+    from ray import tune
+
+    sweep, sweep_dir = ctx.sweep, ctx.sweep_dir
+    tuner_name = "tune" if ctx.task is None else f"tune_{ctx.task}"
+    trainable = tune.with_resources(tune.with_parameters(trial_fn, ctx=ctx), tune_resources(sweep))
+    path = f"{sweep_dir}/{tuner_name}"
+    if resume and tune.Tuner.can_restore(path):
+        print(f"[kdray] resuming {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+    else:
+        if not resume and not is_uri and (Path(path) / "tuner.pkl").exists():
+            raise ConfigError(f"{path} already holds this sweep; pass --resume to continue it or --name NEW")
+        param_space, tune_config = _search(sweep, trials, concurrent)
+        tuner = tune.Tuner(
+            trainable, param_space=param_space, tune_config=tune_config,
+            run_config=tune.RunConfig(
+                name=tuner_name, storage_path=sweep_dir,
+                callbacks=[make_recorder(results_dir(sweep_dir, sweep.name), sweep, ctx.task,
+                                         sweep_dir if "://" in sweep_dir else None)],
+                failure_config=tune.FailureConfig(max_failures=0),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=1),
+        )
+    grid = tuner.fit()
+    return sum(1 for r in grid if r.error is not None or (r.metrics or {}).get(ERROR_KEY))
+
+
+def _search(sweep: SweepConfig, trials: list[Trial] | None, concurrent: int) -> tuple[dict[str, Any], Any]:
+    """(param_space, TuneConfig) of a new Tuner: the grid's trial identities, or a seeded Optuna TPE study."""
+    from ray import tune
+
+    search = sweep.search
+    metric: Any = search.metric
+    mode: Any = search.mode_direction
+    scheduler = search_alg = None
+    if search.scheduler.type == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=search.scheduler.grace_period,
+                                  reduction_factor=search.scheduler.reduction_factor)
+    if trials is not None:
+        # Tune shows and stores each trial's config: its identity, not the whole run (thousands of
+        # characters in every status line); the trainable finds the typed trial by its key
+        param_space: dict[str, Any] = {"trial": tune.grid_search([t.identity() for t in trials])}
+        num_samples = 1
+    else:
+        import optuna
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        if search.multi_objective:
+            metric, mode = [search.metric, "train_seconds"], [search.mode_direction, "min"]
+        sampler = optuna.samplers.TPESampler(seed=search.seed)
+        optuna_search = (OptunaSearch(metric=metric, mode=mode, sampler=sampler) if search.multi_objective
+                         else OptunaSearch(sampler=sampler))  # single objective: metric from TuneConfig
+        search_alg = ConcurrencyLimiter(optuna_search, max_concurrent=concurrent)
+        param_space = tune_space(sweep)
+        num_samples = search.num_samples
+    multi = isinstance(metric, list)
+    return param_space, tune.TuneConfig(
+        metric=None if multi else metric, mode=None if multi else mode,
+        num_samples=num_samples, max_concurrent_trials=concurrent, search_alg=search_alg,
+        scheduler=scheduler, reuse_actors=False,
+        trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname)
+
+
+def _trial_dirname(trial: Any) -> str:
+    key = trial.config.get("trial", {}).get("trial_key")
+    return f"{key}-{trial.trial_id}" if key else f"trial-{trial.trial_id}"
+
+
+def results_dir(sweep_dir: str, name: str) -> str:
+    """Where the Parquet files are appended: the sweep folder, or ./runs/<name> when storage is a URI
+    (appends need a local lock and rename; the recorder mirrors whole files to the URI after each)."""
+    return sweep_dir if "://" not in sweep_dir else str(Path("runs", name).resolve())
+
+
+def _summary(sweep: SweepConfig, sweep_dir: str, seconds: float) -> None:
+    if "://" in sweep_dir:
+        print(f"[kdray] Parquet files mirrored to {sweep_dir}/ after every trial")
+    sweep_dir = results_dir(sweep_dir, sweep.name)
+    try:
+        from kdray.results import load
+
+        trials, _ = load(sweep_dir)
+    except Exception as err:  # the summary is a convenience; the Parquet files are the record
+        print(f"[kdray] sweep {sweep.name} done in {seconds:.0f}s; results under {sweep_dir} ({err})")
+        return
+    ok = trials[trials["status"] == "TERMINATED"]
+    print(f"[kdray] sweep {sweep.name}: {len(trials)} trials ({len(ok)} finished, "
+          f"{int((trials['status'] == 'ERROR').sum())} errors) in {seconds:.0f}s")
+    if len(ok):
+        best = ok.sort_values("dev_score", ascending=sweep.search.mode_direction == "min").iloc[0]
+        print(f"[kdray] best: {best['trial_id']} {best['task']} dev_score={best['dev_score']:.4f} "
+              f"method={best['method']}")
+    print(f"[kdray] results: {sweep_dir}/trials.parquet, {sweep_dir}/traces.parquet")

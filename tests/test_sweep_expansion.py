@@ -1,0 +1,161 @@
+"""Grid expansion into typed trials, their keys (pinned: committed results and --resume depend on them),
+the Optuna sample decoding, and --dry-run; none of it starts Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdray.config import ConfigError, load_sweep_config
+from kdray.sweep import expand_grid, resolve_paths, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD = (Path(__file__).resolve().parent / "spaces" / "good.yaml").read_text()  # a small valid space
+
+
+def test_good_file_loads_and_grid_expands(tmp_path: Path) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD + "search:\n  space:\n    selector.phase_steps: {grid: [5, 10]}\n"
+                    "    knowledge.pool: {choice: [[finetune, response], [finetune]]}\n")
+    sweep = load_sweep_config(path)
+    trials = expand_grid(sweep)
+    # 2 phase_steps x 2 pools x 1 task x 2 seeds
+    assert len(trials) == 8
+    assert len({t.key for t in trials}) == 8
+    assert {t.run.train.seed for t in trials} == {1, 2}
+    assert {t.run.selector.phase_steps for t in trials} == {5, 10}
+    assert all(t.run.task == "rte" for t in trials)
+
+
+def test_grid_rejects_continuous_distribution(tmp_path: Path) -> None:
+    path = tmp_path / "cont.yaml"
+    path.write_text(GOOD + "search: {mode: grid, space: {train.lr: {uniform: [1.0e-5, 1.0e-4]}}}\n")
+    with pytest.raises(ConfigError, match=r"cont.yaml: search.space.train.lr: .*grid.*optuna"):
+        expand_grid(load_sweep_config(path), str(path))
+    assert run_sweep(str(path), dry_run=True) == 2
+
+
+def test_section_mappings_in_grid_and_task_overrides(tmp_path: Path) -> None:
+    """A grid over whole-section mappings sets only the named keys; task_overrides apply per task."""
+    path = tmp_path / "methods.yaml"
+    path.write_text(GOOD.replace("tasks: [rte]", "tasks: [rte, sst2]")
+                    + "task_overrides: {sst2: {train.max_seq_length: 64, data.max_train_samples: 100}}\n"
+                    + "search:\n  space:\n    selector: {grid: [{name: pkd}, {name: actor_critic, action: hard}]}\n")
+    trials = expand_grid(load_sweep_config(path), str(path))
+    assert len(trials) == 2 * 2 * 2  # methods x tasks x seeds
+    by = {(t.task, t.run.selector.name): t for t in trials if t.seed == 1}
+    ac = by[("rte", "actor_critic")]
+    assert ac.params == {"selector.name": "actor_critic", "selector.action": "hard"}  # one column per key
+    assert ac.run.selector.action == "hard"
+    assert ac.run.selector.phase_steps == 50  # the section's other settings are kept
+    assert by[("rte", "pkd")].params == {"selector.name": "pkd"}
+    assert by[("rte", "pkd")].run.train.max_seq_length == 128
+    sst2 = by[("sst2", "pkd")].run
+    assert (sst2.train.max_seq_length, sst2.data.max_train_samples) == (64, 100)
+
+
+def test_sweep_set_overrides_base_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    sweep = load_sweep_config(path, {"resources.use_gpu": True, "resources.gpus_per_worker": 0.25})
+    assert (sweep.resources.use_gpu, sweep.resources.gpus_per_worker) == (True, 0.25)
+    assert [t.key for t in expand_grid(sweep)] == [t.key for t in expand_grid(load_sweep_config(path))]
+    assert run_sweep(str(path), dry_run=True, overrides={"tasks": ["mrpc"]}) == 2
+    assert "only run settings can be set on a sweep" in capsys.readouterr().err
+    assert run_sweep(str(path), dry_run=True, overrides={"resources.gpu_per_worker": 1}) == 2
+    assert "unknown key 'resources.gpu_per_worker'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_space_files_are_valid(path: Path) -> None:
+    """Every committed space file loads, and a grid expands to trials whose run settings validate."""
+    sweep = load_sweep_config(path)
+    assert sweep.tasks
+    if sweep.search.mode == "grid":
+        trials = expand_grid(sweep, str(path))
+        assert len(trials) >= len(sweep.tasks)
+        assert len({t.key for t in trials}) == len(trials)  # what --resume recognises trials by
+
+
+def test_dry_run_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`kdray sweep --dry-run | head -1`: no BrokenPipeError traceback when the reader leaves early."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "wide.yaml"
+    lrs = ", ".join(f"{1e-5 * (i + 1):.6g}" for i in range(800))  # 1,600 trials: far more than a pipe buffer
+    path.write_text(GOOD + f"search:\n  space:\n    train.lr: {{grid: [{lrs}]}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "kdray", "sweep", str(path), "--dry-run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"sweep ")
+    proc.stdout.close()  # what head does after its first line
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()[-2000:]
+    assert proc.returncode == 1
+
+
+# Computed on main before the sweep became a package (commit e662c72): the same YAML must keep giving these
+# keys, or committed studies and users' --resume lose their trials.
+PINNED_KEYS = {
+    "smoke.yaml": ["smoke-rte-s1-c987b5b530", "smoke-rte-s2-c769f8d2ac", "smoke-rte-s1-8847b6dae0",
+                   "smoke-rte-s2-ad2ab2c7f0"],
+    "cpu_glue.yaml": {0: ("cpu_glue-rte-s1-381eeec4ea", {"selector.name": "finetune"}),
+                      119: ("cpu_glue-sst2-s3-39fba0b277", {"selector.action": "soft", "selector.name": "actor_critic"})},
+}
+
+
+def test_trial_keys_are_pinned() -> None:
+    smoke = expand_grid(load_sweep_config(REPO / "search_spaces" / "smoke.yaml"))
+    assert [t.key for t in smoke] == PINNED_KEYS["smoke.yaml"]
+    assert [(t.seed, t.run.selector.name) for t in smoke] == [(1, "vanilla_kd"), (2, "vanilla_kd"),
+                                                               (1, "actor_critic"), (2, "actor_critic")]
+    glue = expand_grid(load_sweep_config(REPO / "search_spaces" / "cpu_glue.yaml"))
+    assert len(glue) == 120
+    for index, (key, params) in PINNED_KEYS["cpu_glue.yaml"].items():
+        assert (glue[index].key, glue[index].params) == (key, params)
+
+
+def test_committed_study_rows_are_found_by_key() -> None:
+    """The committed cpu_glue table's trial ids are keys its space file still expands to."""
+    from kdray.results import load
+
+    trials, _ = load(REPO / "results" / "cpu_glue")
+    expanded = {t.key for t in expand_grid(load_sweep_config(REPO / "search_spaces" / "cpu_glue.yaml"))}
+    assert set(trials["trial_id"]) <= expanded
+
+
+def test_trials_are_typed_and_never_changed_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD + "data: {dir: glue_here}\n")
+    sweep = load_sweep_config(path)
+    resolved = resolve_paths(sweep, tmp_path)
+    assert sweep.data.dir == "glue_here" and resolved.data.dir == str(tmp_path / "glue_here")
+    trial = expand_grid(resolved)[0]
+    with pytest.raises(AttributeError):
+        trial.key = "other"  # type: ignore[misc]
+    out = trial.run.with_output(str(tmp_path / "out"), progress=False)
+    assert (out.output_dir, out.train.progress) == (str(tmp_path / "out"), False)
+    assert (trial.run.output_dir, trial.run.train.progress) == ("runs/train", True)  # the trial's run is unchanged
+    assert trial.identity() == {"trial_key": trial.key, "task": "rte", "seed": 1, "repeat": 0, "params": {}}
+
+
+def test_optuna_sample_becomes_a_typed_trial(tmp_path: Path) -> None:
+    from kdray.sweep.expansion import optuna_trial, tune_identity
+
+    path = tmp_path / "opt.yaml"
+    path.write_text(GOOD + "search:\n  mode: optuna\n  space:\n    train.lr: {loguniform: [1.0e-5, 1.0e-3]}\n"
+                    "    knowledge.pool: {choice: [[finetune], [finetune, response]]}\n"
+                    "    selector: {choice: [{name: pkd}, {name: actor_critic, action: hard}]}\n")
+    sweep = load_sweep_config(path)
+    sample = {"train.lr": 3.0e-4, "knowledge.pool": 1, "selector": 1}  # list/mapping choices come as indices
+    trial = optuna_trial(sweep, "rte", "abc_00001", sample)
+    assert trial.key == "t-rte-abc_00001" and (trial.seed, trial.repeat) == (1, 0)
+    assert trial.params == {"train.lr": 3.0e-4, "knowledge.pool": ["finetune", "response"],
+                            "selector.name": "actor_critic", "selector.action": "hard"}
+    assert (trial.run.train.lr, trial.run.train.seed, trial.run.knowledge.pool) == (3.0e-4, 1, ["finetune", "response"])
+    assert (trial.run.selector.name, trial.run.selector.action) == ("actor_critic", "hard")
+    assert tune_identity(sweep, sample, "rte", "abc_00001") == (trial.key, "rte", trial.params)
+    with pytest.raises(ConfigError, match="trial t-rte-abc_00002: train.lr: Input should be greater than 0"):
+        optuna_trial(sweep, "rte", "abc_00002", {**sample, "train.lr": -1.0})  # validated once, where it is built
