@@ -1,0 +1,69 @@
+"""kdray.perf.peers: kdray and TextBrewer on the same tiny models and batches, both trained, a finite ratio."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+
+from kdray.knowledge import run_model
+from kdray.perf import peers
+from kdray.perf.pair import SHAPES, build_pair, synthetic_batches
+from kdray.perf.sides import PAIRS, KdraySide, TextBrewerSide, textbrewer_missing
+
+MISSING = textbrewer_missing()
+needs_textbrewer = pytest.mark.skipif(MISSING is not None, reason=f"peer comparison needs TextBrewer: {MISSING}")
+
+
+@needs_textbrewer
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_both_sides_train_on_the_same_batches_and_the_ratio_is_finite(pair: str) -> None:
+    row = peers.compare(SHAPES["tiny"], PAIRS[pair], repeats=2, warmup=0)
+    for first, last in (row.kdray_losses, row.peer_losses):
+        assert math.isfinite(first) and math.isfinite(last)
+        assert first != last  # the same first batch, scored before and after the timed steps
+    assert math.isfinite(row.ratio) and row.ratio > 0
+    assert row.kdray.repeats == row.peer.repeats == 2
+    assert "torchdistill" in peers.format_table([row])
+
+
+@needs_textbrewer
+def test_textbrewer_computes_kdrays_feature_and_attention_losses_on_the_mapped_layers() -> None:
+    """Same work: TextBrewer's hidden_mse / attention_mse matches equal kdray's feature / attention kinds."""
+    pair = build_pair(SHAPES["tiny"], eager=True)
+    spec = PAIRS["kd_hidden_attention"]
+    batch = synthetic_batches(SHAPES["tiny"], 1)[0]
+    batch["attention_mask"][0, -5:] = 0  # some padding, which both mask
+    kdray = KdraySide(pair, pair.students[0], spec, torch.device("cpu"), peers.step_autocast(torch.device("cpu")))
+    brewer = TextBrewerSide(pair, pair.students[1], spec, torch.device("cpu"), peers.step_autocast(torch.device("cpu")))
+    for student in pair.students:
+        student.eval()  # no dropout, so both sides see the same student outputs
+    try:
+        with torch.no_grad():
+            _, losses = brewer.distiller.train_on_batch(batch, brewer.args)
+            n = pair.shape.teacher_layers
+            s_out = run_model(pair.students[0], batch, set(range(pair.shape.student_layers + 1)),
+                              set(range(1, pair.shape.student_layers + 1)))
+            t_out = run_model(pair.teacher, batch, set(range(n + 1)), set(range(1, n + 1)))
+            feature = kdray.knowledge["feature"](s_out, t_out, batch)
+            attention = kdray.knowledge["attention"](s_out, t_out, batch)
+    finally:
+        brewer.close()
+    hidden = [v for k, v in losses.items() if "hidden_mse" in k]
+    attn = [v for k, v in losses.items() if "attention_mse" in k]
+    assert len(hidden) == len(attn) == len(pair.context.layer_map)
+    assert float(sum(hidden)) / len(hidden) == pytest.approx(float(feature), rel=1e-4)
+    assert float(sum(attn)) / len(attn) == pytest.approx(float(attention), rel=1e-4)
+
+
+def test_a_missing_textbrewer_is_a_clear_skip_reason(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "textbrewer", None)  # import now raises ImportError
+    reason = textbrewer_missing()
+    assert reason is not None and "pip install -e .[peers]" in reason
+    assert peers.main(["--shapes", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "peers skipped" in out and "torchdistill 1.1.5 not run" in out
+    with pytest.raises(RuntimeError, match="textbrewer is not installed"):
+        peers.compare(SHAPES["tiny"], PAIRS["vanilla_kd"])

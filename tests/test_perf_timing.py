@@ -1,0 +1,33 @@
+"""kdray.perf.timing and relation_cost: interleaving order, summaries, both relation paths timed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kdray.perf.relation_cost import time_relation
+from kdray.perf.timing import Timing, interleaved, paired_ratio, quantile
+
+
+def test_interleaved_runs_every_case_once_per_round_alternating_order() -> None:
+    calls: list[str] = []
+    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then A B, B A, A B
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+
+
+def test_timing_summary_and_paired_ratio() -> None:
+    t = Timing.of([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert (t.median, t.q25, t.q75, t.repeats) == (3.0, 2.0, 4.0, 5)
+    assert t.spread == pytest.approx(2.0 / 3.0)
+    assert paired_ratio([2.0, 3.0, 8.0], [1.0, 3.0, 2.0]).median == 2.0
+    assert math.isnan(quantile([], 0.5)) and math.isnan(Timing.of([]).median)
+
+
+def test_relation_cost_times_both_paths_and_reports_the_auto_choice() -> None:
+    wide = time_relation(2, 8, 64, 3, repeats=2, warmup=0)
+    narrow = time_relation(2, 64, 8, 3, repeats=2, warmup=0)
+    assert wide.gram_chosen and not narrow.gram_chosen
+    for r in (wide, narrow):
+        assert r.direct.median > 0 and r.gram.median > 0 and math.isfinite(r.speedup.median)
