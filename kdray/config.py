@@ -130,8 +130,67 @@ class RewardConfig(StrictModel):
     exploration: float = Field(default=0.0, ge=0)  # beta: weight of the exploration bonus
     cost: float = Field(default=0.0, ge=0)  # penalty per unit of selected relative compute
     normalize: bool = True  # running mean/std normalisation of the reward
+    # phases whose loss drop the normaliser has seen before it normalises, and before the critic learns
+    # (its std needs two values; the statistics used are those from before each phase's own drop)
+    normalize_warmup: int = Field(default=3, ge=2)
+    # spread: the exploration term is standardised by its own running statistics and scaled to the loss drop's
+    # spread, so `exploration` (beta) is its share of the reward's spread; raw: the paper's -cos / -repeats as is
+    exploration_scale: Literal["spread", "raw"] = "spread"
     clip: float | None = Field(default=5.0, gt=0)
     scale: float = Field(default=1.0, gt=0)  # multiplies the raw loss drop before shaping
+
+
+class KindSchedule(StrictModel):
+    """One kind's weight over training progress p in [0, 1] (``selector.schedule.<kind>``).
+
+    Sigmoid form (default): ``start`` at p=0, ``end`` at p=1, switching around ``mid`` with ``sharpness``
+    (the logistic curve rescaled to hit both ends exactly; large sharpness is a two-piece step at ``mid``).
+    Piecewise form: ``knots`` [[p, weight], ...] with increasing p, linear between knots and flat outside;
+    it replaces start/end/mid/sharpness, which must then keep their defaults. The default is weight 1 always.
+    """
+
+    start: float = Field(default=1.0, ge=0)
+    end: float = Field(default=1.0, ge=0)
+    mid: float = Field(default=0.5, ge=0, le=1)
+    sharpness: float = Field(default=10.0, gt=0)
+    knots: list[tuple[float, float]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "KindSchedule":
+        if not self.knots:
+            return self
+        defaults = {k: KindSchedule.model_fields[k].default for k in ("start", "end", "mid", "sharpness")}
+        changed = sorted(k for k, v in defaults.items() if getattr(self, k) != v)
+        if changed:
+            raise ValueError(f"give knots or start/end/mid/sharpness, not both (also set: {', '.join(changed)})")
+        ps = [p for p, _ in self.knots]
+        if any(not 0 <= p <= 1 for p in ps) or any(b <= a for a, b in zip(ps, ps[1:])):
+            raise ValueError(f"knots need progress values in [0, 1], strictly increasing; got {ps}")
+        if any(w < 0 for _, w in self.knots):
+            raise ValueError("knot weights must be >= 0")
+        return self
+
+
+class ScheduleConfig(StrictModel):
+    """``selector.schedule``: one :class:`KindSchedule` per knowledge kind (a field each, so Optuna can
+    search ``selector.schedule.response.end`` as a dotted key); kinds not written keep weight 1."""
+
+    finetune: KindSchedule = Field(default_factory=KindSchedule)
+    response: KindSchedule = Field(default_factory=KindSchedule)
+    feature: KindSchedule = Field(default_factory=KindSchedule)
+    relation: KindSchedule = Field(default_factory=KindSchedule)
+    attention: KindSchedule = Field(default_factory=KindSchedule)
+    embedding: KindSchedule = Field(default_factory=KindSchedule)
+
+
+class DynamicKDConfig(StrictModel):
+    """``selector.dynamic_kd``: the Dynamic-KD heuristic (Li et al. 2021), see kdray.selection.dynamic_kd."""
+
+    # entropy: the student's normalised prediction entropy; disagreement: share of rows where the student's
+    # and the teacher's predicted classes differ
+    signal: Literal["entropy", "disagreement"] = "entropy"
+    reverse: bool = False  # Li et al.'s "uncertainty-r": an uncertain student leans on the predictions instead
+    fallback: float = Field(default=0.5, ge=0, le=1)  # the signal used when the loop gives no logits (regression too)
 
 
 class SelectorConfig(StrictModel):
@@ -165,6 +224,10 @@ class SelectorConfig(StrictModel):
     state_progress: bool = True  # append training progress to the state
     trace_reward_set: bool = True  # score the reward set every phase for all selectors (traces, plots)
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # for name=schedule
+    dynamic_kd: DynamicKDConfig = Field(default_factory=DynamicKDConfig)  # for name=dynamic_kd
+    # PKD's beta on the patient loss (Sun et al. 2019 search {10, 100, 500, 1000}; the reference code's default)
+    pkd_beta: float = Field(default=100.0, gt=0)
 
     @field_validator("name")
     @classmethod
@@ -187,8 +250,13 @@ class KnowledgeConfig(StrictModel):
     pool: list[str] = Field(default_factory=lambda: ["finetune", "response", "feature", "relation"], min_length=1)
     temperature: float = Field(default=4.0, gt=0)
     layer_map: Union[Literal["skip", "last"], list[int]] = "skip"  # or explicit teacher layer per student layer
-    # feature loss: full = MSE over all tokens (TinyBERT); cls_normalized = PKD's normalised [CLS] (pkd forces it)
-    feature_mode: Literal["full", "cls_normalized"] = "full"
+    # feature loss: full = MSE over all tokens (TinyBERT); cls_normalized = normalised [CLS] distance, every mapped layer
+    # pkd: PKD's reference patient loss (MSE of normalised [CLS], mean over width, top student layer excluded)
+    feature_mode: Literal["full", "cls_normalized", "pkd"] = "full"
+    # scale each kind's loss so a weight is its share of the update (kdray.knowledge.normalize)
+    normalize: Literal["none", "initial-loss", "running-loss", "gradient-norm"] = "none"
+    normalize_momentum: float = Field(default=0.9, ge=0, lt=1)  # running-loss: EMA momentum of each kind's loss
+    normalize_every: int = Field(default=50, ge=1)  # gradient-norm: steps between per-kind gradient-norm probes
 
     @field_validator("pool")
     @classmethod

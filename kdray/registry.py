@@ -103,6 +103,8 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("pkd", "PKD", "pkd"),
     MethodSpec("all", "All", "all"),
     MethodSpec("fixed", "Fixed", "fixed"),
+    MethodSpec("schedule", "Schedule", "schedule", varying=True),
+    MethodSpec("dynamic_kd", "Dynamic-KD", "dynamic_kd", varying=True),
     MethodSpec("random_hard", "Random-Hard", "random_hard", varying=True),
     MethodSpec("random_soft", "Random-Soft", "random_soft", varying=True),
     MethodSpec("actor_critic_hard", "AC-Hard", "actor_critic", action="hard", varying=True),

@@ -132,7 +132,7 @@ def test_cost_penalty_is_relative_compute() -> None:
 
 
 def test_shape_reward_components_and_clipping() -> None:
-    cfg = RewardConfig(normalize=False, clip=0.5, scale=10.0, exploration=0.2)
+    cfg = RewardConfig(normalize=False, clip=0.5, scale=10.0, exploration=0.2, exploration_scale="raw")
     out = shape_reward(cfg, 1.0, 0.99, exploration=-1.0, cost=0.05, norm=RunningNorm())
     assert out.raw == pytest.approx(0.1)
     assert out.shaped == pytest.approx(0.1 - 0.2 - 0.05)
@@ -145,22 +145,30 @@ def test_shape_reward_components_and_clipping() -> None:
 
 
 def test_running_normalisation_matches_batch_statistics() -> None:
+    """The normaliser's statistics are the batch statistics; each reward is normalised with the statistics from
+    before its own value, and only after the warm-up (the first rewards were exactly 0 and +-0.707 before)."""
     values = [0.3, -1.2, 2.5, 0.0, 0.7, 4.1]
     norm = RunningNorm()
-    cfg = RewardConfig(normalize=True, clip=None)
+    cfg = RewardConfig(normalize=True, clip=None, normalize_warmup=3)
     shaped = [shape_reward(cfg, v, 0.0, 0.0, 0.0, norm).shaped for v in values]
     t = torch.tensor(values, dtype=torch.float64)
     assert norm.mean == pytest.approx(float(t.mean()))
     assert norm.std == pytest.approx(float(t.std()))
-    assert shaped[0] == 0.0  # one value: centred, nothing to scale by
-    assert shaped[-1] == pytest.approx(float((t[-1] - t.mean()) / t.std()))
+    assert all(math.isnan(x) for x in shaped[:3])  # warm-up: not normalised, not learnt from
+    for i in range(3, len(values)):
+        assert shaped[i] == pytest.approx(float((t[i] - t[:i].mean()) / t[:i].std())), i
     frozen = shape_reward(cfg, 1.0, 0.0, 0.0, 0.0, norm, update_norm=False)
     assert norm.count == len(values) and frozen.shaped == pytest.approx(float((1.0 - t.mean()) / t.std()))
+    two, cfg2 = RunningNorm(), RewardConfig(normalize=True, clip=None, normalize_warmup=2)
+    firsts = [shape_reward(cfg2, v, 0.0, 0.0, 0.0, two).shaped for v in (0.3, -1.2, 2.5)]
+    assert math.isnan(firsts[0]) and math.isnan(firsts[1])
+    assert firsts[2] == pytest.approx(float((2.5 - t[:2].mean()) / t[:2].std()))
 
 
 def test_selector_records_raw_and_shaped_reward_and_resets_repeats() -> None:
     cfg = SelectorConfig(action="hard", flip_prob=0.0,
-                         reward=RewardConfig(exploration=1.0, cost=0.4, normalize=False, clip=None))
+                         reward=RewardConfig(exploration=1.0, cost=0.4, normalize=False, clip=None,
+                                             exploration_scale="raw"))
     selector = ActorCriticSelector(POOL, cfg, seed=0)
     env = PlantedEnv(0)
     bonuses = []

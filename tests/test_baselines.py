@@ -20,9 +20,9 @@ def decide(name: str, pool: list[str] = POOL, **kw) -> tuple[object, dict[str, f
 def test_static_baselines_weights() -> None:
     assert decide("finetune")[1] == {"finetune": 1.0}
     assert decide("vanilla_kd")[1] == {"finetune": 1.0, "response": 1.0}
-    sel, w = decide("pkd", pool=["finetune", "response"])  # its own kind set, not the pool
+    sel, w = decide("pkd", pool=["finetune", "response"], pkd_beta=1.0)  # its own kind set, not the pool
     assert w == {"finetune": 1.0, "response": 1.0, "feature": 1.0}
-    assert sel.feature_mode == "cls_normalized" and sel.pool == ["finetune", "response", "feature"]
+    assert sel.feature_mode == "pkd" and sel.pool == ["finetune", "response", "feature"]
     assert decide("all")[1] == {k: 1.0 for k in POOL}
     assert decide("fixed", weights={"response": 0.5, "finetune": 2.0})[1] == {
         "finetune": 2.0, "response": 0.5, "feature": 0.0, "relation": 0.0
@@ -75,3 +75,12 @@ def test_init_from_restores_a_baselines_whole_state(tmp_path) -> None:
     nxt = sel.decide(STATE)
     again = build_selector(SelectorConfig(name="random_soft", init_from=str(path)), POOL, seed=99)
     assert again.decide(STATE) == nxt
+
+
+def test_pkd_weights_the_patient_loss_by_beta_with_pkds_default() -> None:
+    """PKD's beta multiplies the patient (feature) loss: 100 by default, as in PKD's reference code."""
+    assert SelectorConfig().pkd_beta == 100.0
+    assert decide("pkd")[1] == {"finetune": 1.0, "response": 1.0, "feature": 100.0}
+    assert decide("pkd", pkd_beta=500.0)[1]["feature"] == 500.0
+    with pytest.raises(ValueError, match="pkd_beta"):
+        SelectorConfig(name="pkd", pkd_beta=0.0)

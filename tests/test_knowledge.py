@@ -150,6 +150,23 @@ def test_pkd_cls_normalized_feature() -> None:
         build_knowledge(["feature"], ctx(feature_mode="bogus"))
 
 
+def test_pkd_patient_loss_excludes_the_top_layer_at_pkds_scale() -> None:
+    """feature_mode=pkd: MSE (mean over the width) of normalised [CLS], every mapped layer but the student's top."""
+    pairs = ((1, 2), (2, 4), (3, 6))
+    mod = build_knowledge(["feature"], ctx(layer_map=pairs, sw=2, tw=2, feature_mode="pkd"))["feature"]
+    assert mod.needs().student_hidden == {1, 2} and mod.needs().teacher_hidden == {2, 4}
+    cls = {1: [3.0, 0.0], 2: [1.0, 1.0], 3: [0.0, 7.0]}  # student [CLS] per layer
+    tcls = {2: [0.0, 5.0], 4: [1.0, 1.0], 6: [1.0, 0.0]}
+    s = ModelOutputs(logits=torch.zeros(1, 2), hidden={k: torch.tensor([[v, [9.0, 9.0]]]) for k, v in cls.items()})
+    t = ModelOutputs(logits=torch.zeros(1, 2), hidden={k: torch.tensor([[v, [1.0, 1.0]]]) for k, v in tcls.items()})
+    # layer 1: (1, 0) vs (0, 1) -> mean squared difference 1; layer 2: equal -> 0; layer 3 (top) is not used
+    assert mod(s, t, {"attention_mask": torch.ones(1, 2)}).item() == pytest.approx(0.5)
+    del s.hidden[3], t.hidden[6]
+    assert mod(s, t, {"attention_mask": torch.ones(1, 2)}).item() == pytest.approx(0.5)  # never read
+    with pytest.raises(ValueError, match="excludes the student's top layer 1"):
+        build_knowledge(["feature"], ctx(layer_map=((1, 1),), sw=2, tw=2, feature_mode="pkd"))
+
+
 def test_needs_only_for_selected_kinds() -> None:
     mods = build_knowledge(POOL, ctx())
     only_ft = needs_of(mods, {"finetune": 1.0, "response": 0.0, "feature": 0.0, "attention": 0.0})

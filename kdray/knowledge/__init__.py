@@ -13,16 +13,20 @@ from kdray.knowledge.base import (
     run_model,
 )
 from kdray.knowledge.finetune import task_loss
+from kdray.knowledge.normalize import NORMALIZE_MODES, LossNormalizer, kind_grad_norms
 from kdray.knowledge.relation import fsp_matrix
 
 __all__ = [
     "KNOWLEDGE",
+    "NORMALIZE_MODES",
+    "LossNormalizer",
     "Knowledge",
     "KnowledgeContext",
     "ModelOutputs",
     "Needs",
     "build_knowledge",
     "fsp_matrix",
+    "kind_grad_norms",
     "needs_of",
     "register_knowledge",
     "run_model",

@@ -64,8 +64,9 @@ class KnowledgeContext:
         student_heads / teacher_heads: attention heads (attention averages heads when they differ).
         temperature: softmax temperature of ``response``.
         is_regression: STS-B: MSE on logits / labels instead of KL / CE.
-        feature_mode: ``full`` (TinyBERT-style MSE over all tokens) or ``cls_normalized``
-            (PKD's patient loss: MSE of L2-normalised [CLS] vectors); the ``pkd`` selector sets the latter.
+        feature_mode: ``full`` (TinyBERT-style MSE over all tokens), ``cls_normalized`` (distance of
+            L2-normalised [CLS] vectors, every mapped layer) or ``pkd`` (PKD's patient loss, top student
+            layer excluded); the ``pkd`` selector sets the last.
     """
 
     layer_map: tuple[tuple[int, int], ...]

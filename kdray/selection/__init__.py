@@ -1,10 +1,10 @@
-"""Knowledge selectors by name: the interface, the baselines and the actor-critic agent.
+"""Knowledge selectors by name: the interface, the baselines, the heuristics and the actor-critic agent.
 
 Importing this package registers every implementation in :data:`SELECTORS` (their names and report
 labels are declared in :mod:`kdray.registry`); :func:`build_selector` is how the loop gets one.
 """
 
-from kdray.selection import actor_critic, bandit, baselines  # noqa: F401  (registers)
+from kdray.selection import actor_critic, bandit, baselines, dynamic_kd, schedule  # noqa: F401  (registers)
 from kdray.selection.base import (
     SELECTORS,
     PhaseOutcome,
@@ -12,6 +12,7 @@ from kdray.selection.base import (
     PhaseState,
     Selector,
     build_selector,
+    fallback_kind,
     read_state,
     register_selector,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "PhaseState",
     "Selector",
     "build_selector",
+    "fallback_kind",
     "read_state",
     "register_selector",
 ]

@@ -16,8 +16,13 @@ policy gradient) updates. Gaps the paper leaves open, and the choice made:
 - hard mode: the critic learns Q on the executed {0,1} action and the TD target
   uses the thresholded target-actor action; the actor is trained through the
   critic with its soft (pre-threshold) output;
-- the shaped reward is what the critic learns from and what ``PhaseRecord.reward``
-  holds; the raw loss drop is kept in ``PhaseRecord.extra["reward_raw"]``.
+- the replay stores the raw reward components and the critic learns from the reward
+  composed with the statistics at sampling time (``kdray.selection.reward``);
+  ``PhaseRecord.reward`` holds the reward composed with the statistics from before the
+  phase (NaN during the ``normalize_warmup``, when the agent stores transitions but does
+  not learn yet); the raw loss drop is kept in ``PhaseRecord.extra["reward_raw"]``;
+- a partial last phase (``PhaseOutcome.steps`` < ``phase_steps``) has its loss drop
+  scaled to a full phase's.
 
 Checkpoints: :meth:`state_dict` holds only tensors, numbers, strings and
 containers of them, so ``torch.load(path, weights_only=True)`` reads what
@@ -46,6 +51,7 @@ from kdray.selection.networks import Actor, Critic, StateEncoder, polyak
 from kdray.selection.replay import ReplayBuffer
 from kdray.selection.reward import (
     RunningNorm,
+    compose,
     cost_penalty,
     exploration_bonus_hard,
     exploration_bonus_soft,
@@ -74,7 +80,8 @@ class ActorCriticSelector(Selector):
         super().__init__(pool, config, seed)
         self.hard = config.action == "hard"
         self.kind_costs: dict[str, float] = {k: 1.0 for k in self.pool}
-        self.norm = RunningNorm()
+        self.norm = RunningNorm()  # of the phases' loss drops
+        self.explore_norm = RunningNorm()  # of the exploration bonuses (exploration_scale: spread)
         self.explore_scale = 1.0  # multiplies noise_std / flip_prob; decays per learning phase
         self.widths: tuple[int, int] | None = None  # teacher, student [CLS] widths once built
         self._prev_action: list[float] | None = None
@@ -194,30 +201,29 @@ class ActorCriticSelector(Selector):
             raise RuntimeError("actor_critic: observe() called without a decide() for this phase")
         pending, self._pending = self._pending, None
         action = pending["action"].tolist()
-        if self.hard:
-            self._repeats = next_repeat_count(action, self._prev_action, self._repeats)
-            bonus = exploration_bonus_hard(self._repeats)
-        else:
-            bonus = exploration_bonus_soft(action, self._prev_action)
-        self._prev_action = action
+        bonus = self._exploration(action)
         cost = cost_penalty(self.last_weights, self.kind_costs, self.config.reward.cost)
         before, after = outcome.reward_set_loss_before, outcome.reward_set_loss_after
         extra: dict[str, float] = {"exploration_scale": self.explore_scale}
         reward = math.nan
+        shaped = None
         if self.training or not (math.isnan(before) or math.isnan(after)):
-            shaped = shape_reward(self.config.reward, before, after, bonus, cost, self.norm, update_norm=self.training)
+            shaped = shape_reward(self.config.reward, before, after, bonus, cost, self.norm, update_norm=self.training,
+                                  explore_norm=self.explore_norm, steps=outcome.steps,
+                                  phase_steps=self.config.phase_steps)
             reward = shaped.shaped
             extra.update(shaped.as_extra())
-        if self.training:
+        if self.training and shaped is not None:
             nxt_teacher, nxt_student, nxt_extra = self._inputs(outcome.next_state)
             self.replay.add(
                 teacher=pending["teacher"], student=pending["student"], extra=pending["extra"],
-                action=pending["action"], reward=reward, next_teacher=nxt_teacher, next_student=nxt_student,
-                next_extra=nxt_extra, done=float(outcome.done),
+                action=pending["action"], drop=shaped.raw, exploration=bonus, cost=cost,
+                next_teacher=nxt_teacher, next_student=nxt_student, next_extra=nxt_extra, done=float(outcome.done),
             )
-            losses = [self._update() for _ in range(self.config.updates_per_phase)]
-            extra["critic_loss"] = sum(c for c, _ in losses) / len(losses)
-            extra["actor_loss"] = sum(a for _, a in losses) / len(losses)
+            if self._warmed_up():
+                losses = [self._update() for _ in range(self.config.updates_per_phase)]
+                extra["critic_loss"] = sum(c for c, _ in losses) / len(losses)
+                extra["actor_loss"] = sum(a for _, a in losses) / len(losses)
             self.explore_scale *= self.config.noise_decay
         record = PhaseRecord(
             step=outcome.next_state.step,
@@ -230,6 +236,19 @@ class ActorCriticSelector(Selector):
         )
         self.phase += 1
         return record
+
+    def _exploration(self, action: list[float]) -> float:
+        """This phase's unweighted exploration bonus (NaN for a soft action with no previous one to compare)."""
+        previous, self._prev_action = self._prev_action, action
+        if self.hard:
+            self._repeats = next_repeat_count(action, previous, self._repeats)
+            return exploration_bonus_hard(self._repeats)
+        return math.nan if previous is None else exploration_bonus_soft(action, previous)
+
+    def _warmed_up(self) -> bool:
+        """Learning starts once the reward normaliser has its warm-up of loss drops (at once without one)."""
+        reward = self.config.reward
+        return not reward.normalize or self.norm.count >= reward.normalize_warmup
 
     def _update(self) -> tuple[float, float]:
         """One TD step for critic+encoder, one deterministic policy-gradient step for the actor."""
@@ -245,7 +264,8 @@ class ActorCriticSelector(Selector):
             a_next = targets[1](z_next)
             if self.hard:
                 a_next = self._harden(a_next)
-            target = batch.reward + cfg.gamma * (1.0 - batch.done) * targets[2](z_next, a_next)
+            reward = compose(cfg.reward, batch.drop, batch.exploration, batch.cost, self.norm, self.explore_norm)
+            target = reward + cfg.gamma * (1.0 - batch.done) * targets[2](z_next, a_next)
         z = self.encoder(batch.teacher, batch.student, batch.extra)
         critic_loss = F.mse_loss(self.critic(z, batch.action), target)
         self.critic_opt.zero_grad()
@@ -292,6 +312,7 @@ class ActorCriticSelector(Selector):
             widths=list(self.widths) if self.widths is not None else None,
             kind_costs=dict(self.kind_costs),
             norm=self.norm.state_dict(),
+            explore_norm=self.explore_norm.state_dict(),
             explore_scale=self.explore_scale,
             prev_action=self._prev_action,
             repeats=self._repeats,
@@ -307,6 +328,9 @@ class ActorCriticSelector(Selector):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict` output (same pool, action mode and state options)."""
         self._check_compatible(state, "checkpoint", check_action=True)
+        if "explore_norm" not in state:
+            raise ValueError("checkpoint: saved by an earlier kdray, whose replay held normalised rewards; restart "
+                             "the run (selector.init_from still reuses its networks)")
         if state["widths"] is not None:
             self._load_networks(state)
             self.critic_opt.load_state_dict(state["critic_opt"])
@@ -315,6 +339,7 @@ class ActorCriticSelector(Selector):
         super().load_state_dict(state)
         self.kind_costs = {k: float(v) for k, v in state["kind_costs"].items()}
         self.norm.load_state_dict(state["norm"])
+        self.explore_norm.load_state_dict(state["explore_norm"])
         self.explore_scale = float(state["explore_scale"])
         self._prev_action = None if state["prev_action"] is None else [float(a) for a in state["prev_action"]]
         self._repeats = int(state["repeats"])

@@ -45,6 +45,10 @@ class PhaseState:
             in that phase are absent).
         progress: fraction of the run's steps done, in [0, 1].
         step: global optimisation step at the decision.
+        student_logits / teacher_logits: both models' logits ``[B, C]`` on the same batch as the [CLS]
+            vectors (None when the loop does not give them; ``dynamic_kd`` reads them, and falls back to
+            ``selector.dynamic_kd.fallback`` without them). ``teacher_logits`` is None too when no selected
+            kind ran the teacher on that step.
     """
 
     teacher_cls: torch.Tensor | None
@@ -52,6 +56,8 @@ class PhaseState:
     losses: dict[str, float]
     progress: float
     step: int
+    student_logits: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
 
 
 @dataclass
@@ -63,6 +69,8 @@ class PhaseOutcome:
     losses: dict[str, float]  # mean unweighted loss per computed kind during the phase
     next_state: PhaseState
     done: bool  # last phase of the episode/run
+    # optimisation steps the phase ran (an episode's last phase may be shorter than phase_steps); None = a full phase
+    steps: int | None = None
 
 
 @dataclass
@@ -87,6 +95,8 @@ class Selector(ABC):
 
     #: the loop must pass [CLS] vectors in PhaseState
     needs_state: bool = False
+    #: the loop should pass both models' logits in PhaseState (student_logits, teacher_logits)
+    needs_logits: bool = False
     #: stage 1 (training episodes) is meaningful for this selector
     learns: bool = False
 
@@ -138,6 +148,11 @@ class Selector(ABC):
     @last_weights.setter
     def last_weights(self, weights: dict[str, float]) -> None:
         self._last_weights = dict(weights)
+
+
+def fallback_kind(pool: list[str]) -> str:
+    """The kind a selector trains on when it would select nothing: ``finetune``, else the pool's first kind."""
+    return "finetune" if "finetune" in pool else pool[0]
 
 
 def read_state(path: str | Path, where: str) -> dict[str, Any]:

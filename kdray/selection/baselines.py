@@ -7,8 +7,11 @@ Weight conventions (documented choices, not tuned):
 - ``finetune``, ``vanilla_kd`` and ``pkd`` are defined by their own kind sets, not by
   ``knowledge.pool``: their ``pool`` attribute is that set (the loop builds the kinds of
   ``selector.pool``, and the run record reports it), so a sweep over pools does not change them;
-- ``pkd`` switches ``feature`` to PKD's patient loss on normalised [CLS] vectors
-  (``feature_mode = "cls_normalized"``, read by the loop when it builds the knowledge modules);
+- ``pkd`` is PKD (Sun et al. 2019) as its reference code runs it: ``feature`` becomes the patient loss
+  (``feature_mode = "pkd"``, read by the loop when it builds the knowledge modules: MSE of normalised
+  [CLS] vectors, the student's top layer excluded since ``response`` covers its output) with weight
+  ``selector.pkd_beta`` (beta, default 100 as in the reference code; PKD searched {10, 100, 500, 1000});
+  ``finetune`` and ``response`` keep weight 1;
 - ``random_hard`` selects each kind of the pool with probability 1/2 every phase, and
   ``finetune`` (or the first kind of the pool without it) when nothing is selected;
   ``random_soft`` draws each weight uniformly from [0, 1]. Both use the selector's seeded
@@ -20,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from kdray.config import SelectorConfig
-from kdray.selection.base import PhaseState, Selector, register_selector
+from kdray.selection.base import PhaseState, Selector, fallback_kind, register_selector
 
 
 class StaticSelector(Selector):
@@ -57,10 +60,13 @@ class VanillaKDSelector(StaticSelector):
 
 @register_selector("pkd")
 class PKDSelector(StaticSelector):
-    """Patient KD (Sun et al. 2019): task loss + soft labels + normalised [CLS] states of mapped layers."""
+    """Patient KD (Sun et al. 2019): task loss + soft labels + beta * the patient loss of the lower layers."""
 
     kinds = ("finetune", "response", "feature")
-    feature_mode = "cls_normalized"
+    feature_mode = "pkd"
+
+    def weights(self) -> dict[str, float]:
+        return {"finetune": 1.0, "response": 1.0, "feature": float(self.config.pkd_beta)}
 
 
 @register_selector("all")
@@ -76,10 +82,6 @@ class FixedSelector(StaticSelector):
         return {k: float(self.config.weights.get(k, 0.0)) for k in self.pool}
 
 
-def _fallback_kind(pool: list[str]) -> str:
-    return "finetune" if "finetune" in pool else pool[0]
-
-
 @register_selector("random_hard")
 class RandomHardSelector(Selector):
     """Each kind on or off with probability 1/2, redrawn every phase."""
@@ -88,7 +90,7 @@ class RandomHardSelector(Selector):
         draws = torch.rand(len(self.pool), generator=self.generator) < 0.5
         weights = {k: float(on) for k, on in zip(self.pool, draws.tolist())}
         if not any(weights.values()):
-            weights[_fallback_kind(self.pool)] = 1.0
+            weights[fallback_kind(self.pool)] = 1.0
         self.last_weights = weights
         return dict(weights)
 

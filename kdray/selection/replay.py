@@ -2,8 +2,11 @@
 
 Transitions hold the raw state inputs (batch-mean [CLS] vectors and extra
 features), not encoded states, because the encoders keep training with the
-critic. Everything is a preallocated tensor, so ``state_dict`` is tensors and
-ints only and loads with ``torch.load(weights_only=True)``.
+critic; and the raw reward components (loss drop, exploration bonus, cost), not
+a shaped reward, because the reward's statistics keep moving: the agent composes
+the reward at sampling time (``kdray.selection.reward.compose``). Everything is a
+preallocated tensor, so ``state_dict`` is tensors and ints only and loads with
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any
 
 import torch
 
-_FIELDS = ("teacher", "student", "extra", "action", "reward", "next_teacher", "next_student", "next_extra", "done")
+_FIELDS = ("teacher", "student", "extra", "action", "drop", "exploration", "cost",
+           "next_teacher", "next_student", "next_extra", "done")
 
 
 @dataclass
@@ -24,7 +28,9 @@ class Batch:
     student: torch.Tensor
     extra: torch.Tensor
     action: torch.Tensor  # the executed action (binary in hard mode): what the critic is trained on
-    reward: torch.Tensor
+    drop: torch.Tensor  # the phase's reward-set loss drop (scaled to a full phase)
+    exploration: torch.Tensor  # unweighted exploration bonus; NaN where there was none
+    cost: torch.Tensor  # cost penalty (already times RewardConfig.cost)
     next_teacher: torch.Tensor
     next_student: torch.Tensor
     next_extra: torch.Tensor
@@ -38,7 +44,7 @@ class ReplayBuffer:
         self.capacity = capacity
         widths = {
             "teacher": teacher_width, "student": student_width, "extra": extra_width,
-            "action": num_kinds, "reward": 0,
+            "action": num_kinds, "drop": 0, "exploration": 0, "cost": 0,
             "next_teacher": teacher_width, "next_student": student_width, "next_extra": extra_width, "done": 0,
         }
         self.data = {
@@ -70,6 +76,9 @@ class ReplayBuffer:
         return {"size": self.size, "pos": self.pos, **{name: t.clone() for name, t in self.data.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "reward" in state and "drop" not in state:
+            raise ValueError("this replay buffer was saved by an earlier kdray that stored normalised rewards; "
+                             "restart the run (selector.init_from still reuses its networks)")
         for name in _FIELDS:
             if state[name].shape != self.data[name].shape:
                 raise ValueError(

@@ -1,10 +1,24 @@
 """Reward shaping for the actor-critic selector (DESIGN.md section 1, RewardConfig).
 
-shaped = clip(normalise(base + beta * exploration - cost_penalty)) where
-  base        = (reward_set_loss_before - reward_set_loss_after) * scale
-  exploration = soft: -cos(a, a_prev); hard: -(number of consecutive repeats of a)
+A phase's reward is built from three raw components, which the replay buffer stores as they are:
+  drop        = (reward_set_loss_before - reward_set_loss_after) * scale * phase_steps / steps
+                (a partial last phase of ``steps`` < ``phase_steps`` is scaled up to a full phase's drop)
+  exploration = soft: -cos(a, a_prev) (absent, NaN, without a previous action); hard: -(consecutive repeats)
   cost        = cost * sum_k a_k c_k / sum_k c_k   (c_k: relative compute of kind k)
-Pure functions plus a Welford normaliser, so each piece is unit-tested alone.
+and composed (:func:`compose`) with the statistics of the moment, at decision time for the trace and again
+at sampling time for the critic, so stored transitions follow the statistics as they move:
+  term   = beta * exploration                                 (exploration_scale: raw, the paper's form)
+         = beta * std(drop) * (exploration - mean(e)) / std(e) (exploration_scale: spread, the default)
+  value  = drop + term - cost
+  shaped = clip((value - mean(drop)) / std(drop))  when normalize, else clip(value)
+
+Why ``spread``: -cos(a, a_prev) of positive weights lives in about [-1, -0.8], so a raw beta of 0.01 moved
+the reward by about 2% of its spread. Standardising the term by its own running statistics and scaling it by
+the loss drop's std makes beta the exploration term's share of the reward's spread (beta = 0.1: a tenth).
+Why the drop's statistics normalise: the drop carries the signal, and the statistics used for a phase are
+those from *before* its own drop, only once ``normalize_warmup`` drops are seen (before that the shaped
+reward is NaN and the selector does not learn); updating first made every run's first reward exactly 0 and
+its second exactly +-0.707.
 """
 
 from __future__ import annotations
@@ -13,7 +27,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from kdray.config import RewardConfig
+
+_EPS = 1e-8
 
 
 def exploration_bonus_soft(action: list[float], previous: list[float] | None) -> float:
@@ -49,7 +67,7 @@ def cost_penalty(weights: dict[str, float], kind_costs: dict[str, float], cost: 
 
 
 class RunningNorm:
-    """Running mean/std (Welford) of the pre-normalisation reward."""
+    """Running mean/std (Welford) of one reward component."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -70,7 +88,7 @@ class RunningNorm:
         return math.sqrt(self.m2 / (self.count - 1))
 
     def normalize(self, x: float) -> float:
-        return (x - self.mean) / max(self.std, 1e-8)
+        return (x - self.mean) / max(self.std, _EPS)
 
     def state_dict(self) -> dict[str, Any]:
         return {"count": self.count, "mean": self.mean, "m2": self.m2}
@@ -81,14 +99,57 @@ class RunningNorm:
         self.m2 = float(state["m2"])
 
 
+def phase_drop(config: RewardConfig, before: float, after: float, steps: int | None, phase_steps: int) -> float:
+    """The reward-set loss drop of a phase, scaled to a full phase when it ran ``steps`` < ``phase_steps``."""
+    if math.isnan(before) or math.isnan(after):
+        raise ValueError(
+            "actor_critic needs the reward-set loss before and after every phase, got NaN; "
+            "the loop must score the reward set for learning selectors"
+        )
+    full = 1.0 if steps is None or steps <= 0 else phase_steps / steps
+    return (before - after) * config.scale * full
+
+
+def compose(
+    config: RewardConfig,
+    drop: torch.Tensor,
+    exploration: torch.Tensor,
+    cost: torch.Tensor,
+    norm: RunningNorm,
+    explore_norm: RunningNorm | None = None,
+) -> torch.Tensor:
+    """The shaped reward of raw components (any shape; NaN exploration = absent) under the given statistics.
+
+    NaN where ``normalize`` is on and the drop statistics have fewer than ``normalize_warmup`` values.
+    """
+    explore = torch.nan_to_num(exploration, nan=0.0)
+    if config.exploration == 0.0:
+        term = torch.zeros_like(drop)
+    elif config.exploration_scale == "raw":
+        term = config.exploration * explore
+    elif explore_norm is None or explore_norm.count < 2 or explore_norm.std < _EPS or norm.count < 2:
+        term = torch.zeros_like(drop)  # no spread measured yet: nothing to scale by
+    else:
+        z = torch.where(torch.isnan(exploration), torch.zeros_like(drop), (explore - explore_norm.mean) / explore_norm.std)
+        term = config.exploration * norm.std * z
+    value = drop + term - cost
+    if config.normalize:
+        if norm.count < config.normalize_warmup:
+            return torch.full_like(value, math.nan)
+        value = (value - norm.mean) / max(norm.std, _EPS)
+    if config.clip is not None:
+        value = value.clamp(-config.clip, config.clip)
+    return value
+
+
 @dataclass
 class ShapedReward:
     """Every component, so traces can show what the agent was rewarded for."""
 
-    raw: float  # base loss drop times scale
-    exploration: float  # unweighted bonus
+    raw: float  # the phase's loss drop times scale (scaled to a full phase)
+    exploration: float  # unweighted bonus (0 when absent)
     cost: float  # penalty already multiplied by RewardConfig.cost
-    shaped: float  # what the critic learns from
+    shaped: float  # the composed reward under the statistics from before this phase (NaN in the warm-up)
 
     def as_extra(self) -> dict[str, float]:
         return {
@@ -107,19 +168,18 @@ def shape_reward(
     cost: float,
     norm: RunningNorm,
     update_norm: bool = True,
+    explore_norm: RunningNorm | None = None,
+    steps: int | None = None,
+    phase_steps: int = 1,
 ) -> ShapedReward:
-    """Combine the components; ``update_norm=False`` scores without changing the normaliser (frozen agent)."""
-    if math.isnan(loss_before) or math.isnan(loss_after):
-        raise ValueError(
-            "actor_critic needs the reward-set loss before and after every phase, got NaN; "
-            "the loop must score the reward set for learning selectors"
-        )
-    raw = (loss_before - loss_after) * config.scale
-    value = raw + config.exploration * exploration - cost
-    if config.normalize:
-        if update_norm:
-            norm.update(value)
-        value = norm.normalize(value)
-    if config.clip is not None:
-        value = max(-config.clip, min(config.clip, value))
-    return ShapedReward(raw=raw, exploration=exploration, cost=cost, shaped=value)
+    """Compose this phase's reward with the statistics from before it, then (``update_norm``) add its drop and
+    exploration to them; ``update_norm=False`` scores without changing them (a frozen agent)."""
+    drop = phase_drop(config, loss_before, loss_after, steps, phase_steps)
+    as_tensor = lambda x: torch.tensor([x], dtype=torch.float64)  # noqa: E731
+    shaped = float(compose(config, as_tensor(drop), as_tensor(exploration), as_tensor(cost), norm, explore_norm)[0])
+    if update_norm:
+        norm.update(drop)
+        if explore_norm is not None and not math.isnan(exploration):
+            explore_norm.update(exploration)
+    shown = 0.0 if math.isnan(exploration) else exploration
+    return ShapedReward(raw=drop, exploration=shown, cost=cost, shaped=shaped)
