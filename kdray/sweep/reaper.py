@@ -86,7 +86,14 @@ def reap(processes: dict[int, int]) -> list[int]:
     return hit
 
 
-def _write(pidfile: Path, state: dict[str, Any]) -> None:
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None when it is gone: a pid plus this names one process."""
+    found = _stat(pid)
+    return None if found is None else found[1]
+
+
+def write_state(pidfile: Path, state: dict[str, Any]) -> None:
+    """The watchdog's file: ``{"driver": [pid, start], "processes": {pid: start}}``."""
     from kdray.io import atomic_write_json
 
     atomic_write_json(pidfile, state, fsync=False)
@@ -104,7 +111,7 @@ def watch(driver: int, pidfile: Path) -> None:
         current.pop(os.getpid(), None)
         if any(known.get(pid) != start for pid, start in current.items()):
             known = {pid: start for pid, start in {**known, **current}.items() if alive(pid, start)}
-            _write(pidfile, {"driver": [driver, driver_start], "processes": known})
+            write_state(pidfile, {"driver": [driver, driver_start], "processes": known})
         time.sleep(POLL_SECONDS)
     reap(known)
     pidfile.unlink(missing_ok=True)
