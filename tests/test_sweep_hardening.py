@@ -197,6 +197,11 @@ def test_local_ray_binds_loopback_only(tmp_path: Path, glue_dir: Path) -> None:
     kwargs = local_init_kwargs(sweep)
     assert kwargs["_node_ip_address"] == LOCALHOST == kwargs["dashboard_host"] and kwargs["address"] == "local"
     assert kwargs["include_dashboard"] is False
+    seen: list[str | None] = []
+    before = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    start_local(sweep, init=lambda **kw: seen.append(os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")),
+                shutdown=lambda: None)
+    assert seen == ["0"] and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == before  # set while Ray starts
 
 
 def test_startup_timeout_is_retried_once_then_one_line(tmp_path: Path, glue_dir: Path,
