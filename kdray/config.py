@@ -1,6 +1,6 @@
 """Typed, validated configuration: the one object every other module reads.
 
-A YAML file is parsed once here (``yaml.safe_load`` only), validated by pydantic
+A YAML file is parsed once (:mod:`kdray.config_yaml`: a SafeLoader that refuses duplicate keys), validated by pydantic
 with unknown keys forbidden, and turned into :class:`RunConfig` (one training
 run, ``kdray train``) or :class:`SweepConfig` (a search space, ``kdray sweep``).
 Every error names the file, the dotted key path and what is allowed, so users
@@ -15,13 +15,13 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from kdray.config_paths import ConfigError, StrictModel, apply_overrides, format_errors
 from kdray.config_search import Distribution, SearchConfig, candidate_values
 
-from kdray import config_yaml, registry
+from kdray import registry
+from kdray.config_yaml import read_yaml
 
 # The name families are declared once in kdray.registry (a leaf: validation imports nothing heavy);
 # these aliases keep the names config's validators (and older callers) have always read.
@@ -329,22 +329,6 @@ def validate(model: type[BaseModel], raw: Any, source: str = "<config>") -> Any:
         return model.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_errors(err, source, model)) from None
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML file safely (a key given twice is an error); errors name the file and the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        raw = config_yaml.load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {config_yaml.describe_error(err)}") from None
-    if raw is None:
-        raise ConfigError(f"{path}: file is empty")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
-    return raw
 
 
 def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

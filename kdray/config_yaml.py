@@ -2,16 +2,19 @@
 
 PyYAML keeps the last of two equal keys silently, so ``train:`` written twice in a space file would drop the
 first section without a word. :class:`UniqueKeyLoader` is the safe loader (no ``!!python`` tags, nothing
-executed) plus that one check, and its errors name both lines. A leaf module: it imports no kdray module.
+executed) plus that one check, and its errors name both lines. It imports only the leaf kdray.config_paths.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode
+
+from kdray.config_paths import ConfigError
 
 
 class DuplicateKeyError(ConstructorError):
@@ -57,3 +60,19 @@ def describe_error(err: yaml.YAMLError) -> str:
         problem = (f"tag {problem.split('tag', 1)[1].strip()} is not allowed: kdray reads plain YAML only "
                    "(safe_load, no Python objects)")
     return f"{problem}{where}"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML file safely (a key given twice is an error); errors name the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        raw = load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {describe_error(err)}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: file is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    return raw
