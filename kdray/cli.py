@@ -223,6 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the interpreter's final flush from raising again (as the Python docs on SIGPIPE advise)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except FloatingPointError as err:
+        # a diverged run (the loop names the step and the loss that went non-finite): a result, not a bug
+        print(f"kdray {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except (ConfigError, ValueError, OSError) as err:
         # Config errors, data and model errors (GlueDataError, unknown names: ValueErrors with a user-facing
         # message), and files that cannot be read or written (a model that will not load offline, a report

@@ -253,3 +253,20 @@ def test_a_running_sweep_blocks_a_second_driver(resume: bool, tmp_path: Path, gl
         assert run_sweep(str(path), storage=str(storage), resume=resume) == 2
     err = capsys.readouterr().err
     assert "another kdray sweep is running" in err and "Traceback" not in err
+
+
+def test_a_diverged_train_run_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, glue_dir: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """What `kdray train` prints when the loop reports a non-finite loss (issue 19.7 raises it in the loop)."""
+    import kdray.distill
+
+    def diverged(*args: object, **kwargs: object) -> None:
+        raise FloatingPointError("non-finite loss at step 3: response=nan")
+
+    monkeypatch.setattr(kdray.distill, "train", diverged)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"task": "rte", "data": {"source": "local", "dir": str(glue_dir)},
+                                    "train": {"max_steps": 2}, "output_dir": str(tmp_path / "out")}))
+    assert main(["train", str(path), "--teacher", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err == "kdray train: error: non-finite loss at step 3: response=nan\n"
