@@ -270,3 +270,14 @@ def test_a_diverged_train_run_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert main(["train", str(path), "--teacher", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err == "kdray train: error: non-finite loss at step 3: response=nan\n"
+
+
+def test_a_fresh_run_over_an_existing_sweep_is_refused_before_ray(tmp_path: Path, glue_dir: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = space(tmp_path, glue_dir)
+    state = tmp_path / "runs" / "t" / "tune" / "tuner.pkl"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"")
+    for extra in ([], ["--dry-run"]):
+        refused(["sweep", str(path), "--storage", str(tmp_path / "runs"), *extra], capsys,
+                "already holds this sweep", "--resume", max_lines=1)

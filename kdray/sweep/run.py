@@ -69,7 +69,7 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
             raise ConfigError(f"--max-concurrent {max_concurrent}: must be >= 1")
         sweep = load_sweep(space_path, overrides, name, num_samples)
         trials = expand_grid(sweep, str(space_path)) if sweep.search.mode == "grid" else None
-        preflight(sweep, trials, storage, is_uri, resume and not teachers_only)
+        preflight(sweep, trials, storage, is_uri, resume or teachers_only)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return 2
@@ -103,7 +103,8 @@ def load_sweep(space_path: str, overrides: dict[str, Any] | None, name: str | No
 
 def preflight(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, resume: bool) -> None:
     """Everything a sweep can be refused for before Ray starts: storage, models, GLUE folders, paths, and a
-    fresh run over a sweep that exists (it needs --resume or another --name)."""
+    fresh run over a sweep that exists (it needs --resume or another --name; ``resume`` skips that check, as
+    does --teachers-only, which runs no Tuner)."""
     sweep_dir = sweep_folder(storage, sweep.name)
     local_dir = results_dir(sweep_dir, sweep.name)
     check_writable_folder(local_dir, "--storage" if not is_uri else "the local results folder")
