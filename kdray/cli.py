@@ -103,13 +103,37 @@ def _cmd_reward_noise(args: argparse.Namespace) -> int:
 
 
 def _parse_override(text: str) -> tuple[str, object]:
-    """``key.path=value`` with the value parsed as YAML (so lists and numbers work)."""
+    """``key.path=value`` with the value parsed as YAML (so lists and numbers work), safely: a ``!!python`` tag
+    or a duplicated key is refused, and a syntax error is one line naming the option."""
     import yaml
 
-    if "=" not in text:
+    from kdray import config_yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE")
-    key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), config_yaml.load(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML: {config_yaml.describe_error(err)}") from None
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1 (``--max-concurrent 0`` is refused, not ignored)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: must be >= 1")
+    return value
+
+
+def _describe(err: BaseException) -> str:
+    """The message of an error the user can act on: a file problem as ``path: reason``, else its text."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="sweep name (default: the YAML's name)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep without re-running trials")
     p.add_argument("--dry-run", action="store_true", help="print the expanded trials and exit")
-    p.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once")
-    p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
+    p.add_argument("--max-concurrent", type=_positive_int, default=None, help="at most N trials at once (N >= 1)")
+    p.add_argument("--num-samples", type=_positive_int, default=None, help="override search.num_samples (N >= 1)")
     p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
                    help="override a base setting of the space file, e.g. resources.use_gpu=true")
     p.add_argument("--teachers-only", action="store_true",
@@ -194,18 +218,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"kdray {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        # Data and model errors (GlueDataError, unknown names) are ValueErrors with a user-facing message.
-        print(f"kdray {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         # `kdray sweep --dry-run | head`: the reader left; end quietly instead of with a traceback, and keep
         # the interpreter's final flush from raising again (as the Python docs on SIGPIPE advise)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except FloatingPointError as err:
+        # a diverged run (the loop names the step and the loss that went non-finite): a result, not a bug
+        print(f"kdray {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except (ConfigError, ValueError, OSError) as err:
+        # Config errors, data and model errors (GlueDataError, unknown names: ValueErrors with a user-facing
+        # message), and files that cannot be read or written (a model that will not load offline, a report
+        # --out into a folder without write access) end as one line, not a traceback.
+        print(f"kdray {args.command}: error: {_describe(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

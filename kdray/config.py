@@ -1,6 +1,6 @@
 """Typed, validated configuration: the one object every other module reads.
 
-A YAML file is parsed once here (``yaml.safe_load`` only), validated by pydantic
+A YAML file is parsed once (:mod:`kdray.config_yaml`: a SafeLoader that refuses duplicate keys), validated by pydantic
 with unknown keys forbidden, and turned into :class:`RunConfig` (one training
 run, ``kdray train``) or :class:`SweepConfig` (a search space, ``kdray sweep``).
 Every error names the file, the dotted key path and what is allowed, so users
@@ -11,22 +11,33 @@ models live in :mod:`kdray.config_search`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from kdray.config_paths import ConfigError, StrictModel, apply_overrides, format_errors
 from kdray.config_search import Distribution, SearchConfig, candidate_values
 
 from kdray import registry
+from kdray.config_yaml import read_yaml
 
 # The name families are declared once in kdray.registry (a leaf: validation imports nothing heavy);
 # these aliases keep the names config's validators (and older callers) have always read.
 KNOWLEDGE_KINDS: tuple[str, ...] = registry.KNOWLEDGE_KINDS
 SELECTOR_NAMES: tuple[str, ...] = registry.SELECTOR_NAMES
 GLUE_TASKS: tuple[str, ...] = registry.TASK_NAMES
+
+
+# Upper bounds that no real run reaches: a value past them is a typo (an extra zero, 1e30 for 1e-3), refused
+# before Ray starts instead of failing every trial of a sweep. Floats are finite (StrictModel).
+MAX_STEPS = 10**9
+MAX_BATCH = 65536
+MAX_EPOCHS = 10_000.0
+MAX_SAMPLES = 10**9
+Seed = Annotated[int, Field(ge=0)]  # numpy's generators refuse negative seeds
+SWEEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 
 def _check_names(values: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
@@ -41,14 +52,14 @@ class DataConfig(StrictModel):
 
     source: Literal["auto", "hub", "local"] = "auto"
     dir: str | None = None  # official GLUE TSV layout; falls back to $KDRAY_GLUE_DIR
-    max_train_samples: int | None = Field(default=None, ge=1)
-    max_eval_samples: int | None = Field(default=None, ge=1)
+    max_train_samples: int | None = Field(default=None, ge=1, le=MAX_SAMPLES)
+    max_eval_samples: int | None = Field(default=None, ge=1, le=MAX_SAMPLES)
     holdout_fraction: float = Field(default=0.05, gt=0.0, lt=0.5)  # train slice kept for the reward set
-    holdout_max: int = Field(default=1000, ge=1)
+    holdout_max: int = Field(default=1000, ge=1, le=MAX_SAMPLES)
     cache_dir: str | None = None  # tokenization cache; default $KDRAY_CACHE_DIR/tokenized
     # Seed of the train/dev subsample. Fixed by default so every method and seed of a comparison sees
     # the same rows; null = use the run's seed.
-    subsample_seed: int | None = 0
+    subsample_seed: Seed | None = 0
 
 
 class TeacherConfig(StrictModel):
@@ -56,12 +67,12 @@ class TeacherConfig(StrictModel):
 
     model: str = "minilm-l6"  # hub id, local folder, or a short name such as minilm-l6
     finetuned: dict[str, str] = Field(default_factory=dict)  # task -> folder of a fine-tuned teacher
-    epochs: float = Field(default=3.0, gt=0)
-    batch_size: int = Field(default=32, ge=1)
+    epochs: float = Field(default=3.0, gt=0, le=MAX_EPOCHS)
+    batch_size: int = Field(default=32, ge=1, le=MAX_BATCH)
     lr: float = Field(default=5e-5, gt=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)
-    seed: int = 42
+    seed: Seed = 42
     cache_dir: str | None = None  # where fine-tuned teachers are cached; sweeps use the run storage
 
     @field_validator("finetuned")
@@ -97,24 +108,24 @@ EVAL_BATCH_SIZE = 32
 class TrainConfig(StrictModel):
     """Optimisation budget and loop mechanics; identical for every method in a comparison."""
 
-    epochs: float = Field(default=3.0, gt=0)
-    max_steps: int | None = Field(default=None, ge=1)  # overrides epochs when set
-    batch_size: int = Field(default=32, ge=1)
-    eval_batch_size: int = Field(default=EVAL_BATCH_SIZE, ge=1)
+    epochs: float = Field(default=3.0, gt=0, le=MAX_EPOCHS)
+    max_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)  # overrides epochs when set
+    batch_size: int = Field(default=32, ge=1, le=MAX_BATCH)
+    eval_batch_size: int = Field(default=EVAL_BATCH_SIZE, ge=1, le=MAX_BATCH)
     lr: float = Field(default=5e-5, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
     max_seq_length: int = Field(default=128, ge=8, le=512)
-    seeds: list[int] = Field(default_factory=lambda: [1], min_length=1)  # sweep expands one trial per seed
-    seed: int = 1  # the seed of this run (set per trial by the sweep)
-    eval_every: int | None = Field(default=None, ge=1)  # steps; None = end of each epoch
-    checkpoint_every: int | None = Field(default=None, ge=1)  # steps; None = only at the end
-    log_every: int = Field(default=20, ge=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [1], min_length=1)  # sweep expands one trial per seed
+    seed: Seed = 1  # the seed of this run (set per trial by the sweep)
+    eval_every: int | None = Field(default=None, ge=1, le=MAX_STEPS)  # steps; None = end of each epoch
+    checkpoint_every: int | None = Field(default=None, ge=1, le=MAX_STEPS)  # steps; None = only at the end
+    log_every: int = Field(default=20, ge=1, le=MAX_STEPS)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 on GPUs that have it, else fp32
     teacher_cache: bool = False  # precompute teacher outputs once and train without a teacher forward
     length_bucketing: bool = True  # batches of similar lengths: less padding with dynamic padding
-    num_workers: int = Field(default=0, ge=0)  # DataLoader workers
+    num_workers: int = Field(default=0, ge=0, le=256)  # DataLoader workers
     progress: bool = True  # tqdm bar in the foreground
     compile: bool = False  # torch.compile the student
 
@@ -270,10 +281,10 @@ class KnowledgeConfig(StrictModel):
 class ResourcesConfig(StrictModel):
     """What one trial asks of the Ray cluster."""
 
-    workers_per_trial: int = Field(default=1, ge=1)
+    workers_per_trial: int = Field(default=1, ge=1, le=4096)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1.0, gt=0)
-    gpus_per_worker: float = Field(default=1.0, ge=0)
+    cpus_per_worker: float = Field(default=1.0, gt=0, le=4096)
+    gpus_per_worker: float = Field(default=1.0, ge=0, le=64)
     # Who runs the loop in a sweep. auto: a one-worker trial runs it in the Tune trial's own process (Ray Train's
     # controller and worker processes add ~15 s per trial and nothing a single process needs); several workers
     # (DDP) always run as a Ray Train TorchTrainer. ray_train: always a TorchTrainer.
@@ -332,12 +343,23 @@ class RunConfig(_RunSections):
 class SweepConfig(_RunSections):
     """A search space file: the base run settings, the tasks, and what varies."""
 
-    name: str = Field(default="sweep", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = "sweep"  # a folder under --storage: see _safe_name
     tasks: list[str] = Field(default_factory=lambda: ["rte"], min_length=1)
     # Per-task settings over the shared ones, e.g. {sst2: {train.max_seq_length: 64, data.max_train_samples: 10000}}:
     # GLUE practice differs per task (length, subsample), and one sweep still holds the whole table.
     task_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     search: SearchConfig = Field(default_factory=SearchConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        # The name is one folder under --storage: no separators, and no leading dot (``.`` and ``..`` would
+        # write into --storage itself or above it; ``.x`` would hide the folder) or dash (read as an option).
+        if not SWEEP_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a sweep name: it names one folder under --storage, so it must match "
+                             f"the pattern {SWEEP_NAME.pattern} (letters, digits, '_', '.', '-'; no leading '.' "
+                             "or '-'; at most 100 characters)")
+        return v
 
     @field_validator("tasks")
     @classmethod
@@ -375,22 +397,6 @@ def validate(model: type[BaseModel], raw: Any, source: str = "<config>") -> Any:
         return model.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_errors(err, source, model)) from None
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML file safely; errors name the file and the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if raw is None:
-        raise ConfigError(f"{path}: file is empty")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
-    return raw
 
 
 def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import copy
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 NO_SUB_KEYS = "(a plain value has no sub-keys)"
+# No count, size, step or seed anyone means is beyond 2**53 (floats hold integers exactly up to it, and
+# trials.parquet stores int64); a 400-digit max_steps is a typo that would otherwise start a whole sweep.
+MAX_INT = 2**53
 
 
 class ConfigError(ValueError):
@@ -22,9 +25,29 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    """A config section: unknown keys are errors, and assignments are validated too."""
+    """A config section: unknown keys are errors, assignments are validated too, floats must be finite
+    (``.inf``/``.nan`` are refused) and integers within ±:data:`MAX_INT`, in lists and mappings too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _sane_integers(cls, value: Any) -> Any:
+        _check_integers(value)
+        return value
+
+
+def _check_integers(value: Any) -> None:
+    """ValueError for an integer beyond ±MAX_INT anywhere in ``value`` (without printing all its digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise ValueError(f"integer of {len(str(abs(value)))} digits is out of range; at most 2**53 "
+                         f"({MAX_INT}) in absolute value")
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_integers(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_integers(item)
 
 
 class UnknownKey(KeyError):

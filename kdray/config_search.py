@@ -59,7 +59,7 @@ def candidate_values(dist: Distribution) -> list[Any]:
 
 class SchedulerConfig(StrictModel):
     type: Literal["none", "asha"] = "none"
-    grace_period: int = Field(default=1, ge=1)  # in evaluations
+    grace_period: int = Field(default=1, ge=1, le=10**6)  # in evaluations
     reduction_factor: float = Field(default=3.0, gt=1)
 
 
@@ -69,9 +69,12 @@ class SearchConfig(StrictModel):
     mode: Literal["grid", "optuna"] = "grid"
     metric: str = "dev_score"
     mode_direction: Literal["max", "min"] = "max"
-    num_samples: int = Field(default=1, ge=1)  # optuna: trials; grid: repeats of the whole grid
-    seed: int = 0  # sampler seed
+    num_samples: int = Field(default=1, ge=1, le=10**6)  # optuna: trials; grid: repeats of the whole grid
+    seed: int = Field(default=0, ge=0)  # sampler seed
     multi_objective: bool = False  # optuna: also minimise train_seconds
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     space: dict[str, Distribution] = Field(default_factory=dict)
-    max_failures: int = Field(default=0, ge=0)  # Ray Train worker restarts per trial
+    # Retries of a trial whose process or node died (Tune restarts it from its last checkpoint; Ray Train
+    # restarts a DDP trial's workers the same way). A trial that raises (NaN loss, a bad setting) is not
+    # retried: it is recorded as ERROR at once.
+    max_failures: int = Field(default=2, ge=0, le=100)

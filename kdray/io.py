@@ -147,24 +147,51 @@ def locked(path: str | Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def clean_stale_temps(folder: str | Path) -> list[Path]:
-    """Remove ``.*.tmp`` files and folders that killed writers left directly in ``folder``.
+class LockHeld(RuntimeError):
+    """Another process holds the lock that :func:`try_locked` asked for."""
 
-    Call it only while holding the lock that guards writes to ``folder``, so a live writer's temp
-    file is never taken.
+
+@contextlib.contextmanager
+def try_locked(path: str | Path) -> Iterator[None]:
+    """Like :func:`locked`, but raise :class:`LockHeld` at once instead of waiting when another holder has it.
+
+    For work that must not run twice at the same time (one sweep's driver), where waiting would only
+    run it twice one after the other.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeld(str(path)) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def clean_stale_temps(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Remove ``.*.tmp`` files and folders that killed writers left in ``folder`` (and, with ``recursive``,
+    in every folder below it).
+
+    Call it only while holding the lock that guards writes to ``folder`` (to all of it, with
+    ``recursive``), so a live writer's temp file is never taken.
     """
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    for entry in folder.iterdir():
+    for entry in list(folder.iterdir()):
         if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX):
-            if entry.is_dir():
+            if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()
             removed.append(entry)
+        elif recursive and entry.is_dir() and not entry.is_symlink():
+            removed += clean_stale_temps(entry, recursive=True)
     return removed
 
 

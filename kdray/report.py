@@ -322,10 +322,25 @@ def _render_selection(table: pd.DataFrame, fmt: str) -> str:
     raise ValueError(f"the selection table is rendered as md or latex, not {fmt!r}")
 
 
+# What the tables read from trials.parquet; a file without them is not a kdray sweep's (or is damaged).
+REQUIRED_COLUMNS: tuple[str, ...] = ("trial_id", "status", "task", "method", "dev_score", "dev_metrics",
+                                     "teacher_score", "teacher", "seed", "knowledge_pool", "phase_steps",
+                                     "reward_shaping", "action")
+
+
+def _require_columns(trials: pd.DataFrame, results_dir: str | Path) -> None:
+    """ValueError naming the file and the missing columns, instead of a KeyError deep in a table."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in trials.columns]
+    if missing:
+        raise ValueError(f"{results_dir}: trials.parquet lacks the column(s) {', '.join(missing)}; it is not a "
+                         "kdray sweep's trials.parquet (kdray report reads <storage>/<sweep>/trials.parquet)")
+
+
 def render(results_dir: str | Path, fmt: str = "md", by: str = "method", plots_dir: str | Path | None = None,
            out: str | Path | None = None) -> str:
     """The report text for ``kdray report``; also writes it to ``out`` and plots to ``plots_dir`` when given."""
     trials, traces = load(results_dir)
+    _require_columns(trials, results_dir)
     text = _render_table(trials, fmt, by)
     # md and LaTeX only: a second table would make the CSV unreadable as one frame (the Parquet files hold it all)
     selection = selection_table(trials, traces) if by == "method" and fmt != "csv" else pd.DataFrame()
@@ -339,6 +354,9 @@ def render(results_dir: str | Path, fmt: str = "md", by: str = "method", plots_d
         text += {"md": f"\nPlots in {plots_dir}: {listing}\n", "latex": f"% plots: {_escape_latex(listing)}\n",
                  "csv": f"# plots: {listing}\n"}[fmt]
     if out is not None:
-        atomic_write_text(out, text)
+        try:
+            atomic_write_text(out, text)
+        except OSError as err:  # one line naming the option, not the temp file or a parent folder
+            raise OSError(f"--out {out}: cannot write the report there ({err.strerror or err})") from None
     return text
 

@@ -38,7 +38,7 @@ REWARD_SHAPING_TYPE = pa.struct([
 
 # One column per field of kdray.records.RunResult, plus the trial's identity and status. The one field left out,
 # ``traces`` (per kind per phase), goes to traces.parquet row by row instead (TRACE_SCHEMA). Columns added
-# later (selector_seconds, final_steps, mean_step_seconds, teacher_cache) are null in rows of older files.
+# later (selector_seconds, final_steps, mean_step_seconds, teacher_cache, attempts) are null in rows of older files.
 DROPPED_RESULT_FIELDS = {"traces": "stored row by row in traces.parquet"}
 TRIAL_SCHEMA = pa.schema([
     ("sweep", pa.string()),
@@ -66,6 +66,7 @@ TRIAL_SCHEMA = pa.schema([
     ("final_steps", pa.int64()),
     ("mean_step_seconds", pa.float64()),
     ("teacher_cache", pa.bool_()),
+    ("attempts", pa.int64()),  # times Tune started the trial: 1 + retries after its process or node died
     ("started_at", pa.timestamp("us", tz="UTC")),
     ("finished_at", pa.timestamp("us", tz="UTC")),
 ])
@@ -110,6 +111,7 @@ def trial_row(
     error: str | None = None,
     started_at: Any = None,
     finished_at: Any = None,
+    attempts: int | None = None,
 ) -> dict[str, Any]:
     """One trials.parquet row from a trial's RunResult (or, for a failed or stopped trial, the fields known of it).
 
@@ -118,7 +120,7 @@ def trial_row(
     res = _result_fields(result)
     row: dict[str, Any] = {name: res.get(name) for name in TRIAL_COLUMNS}
     row.update(sweep=sweep, trial_id=str(trial_id), status=status, error=error,
-               started_at=started_at, finished_at=finished_at)
+               started_at=started_at, finished_at=finished_at, attempts=attempts)
     for key, value in (searched or {}).items():
         if key in TRIAL_COLUMNS:
             raise ValueError(f"searched parameter {key!r} collides with a fixed trials column")
@@ -274,6 +276,14 @@ def recorded_score(sweep_dir: str, trial_id: str) -> float | None:
         if row["trial_id"] == trial_id and row["status"] in ("TERMINATED", "ERROR"):
             return float(row["dev_score"]) if row["dev_score"] is not None else math.nan
     return None
+
+
+def recorded_ids(sweep_dir: str | Path) -> list[str]:
+    """The trial ids trials.parquet holds (empty when there is no file yet)."""
+    path = Path(sweep_dir) / TRIALS_FILE
+    if not path.is_file():
+        return []
+    return [str(v) for v in pq.read_table(path, columns=["trial_id"]).column("trial_id").to_pylist()]
 
 
 def find_sweep_dir(path: str | Path) -> Path:

@@ -1,5 +1,6 @@
-"""Sweeps on a real local Ray: grid and Optuna end to end, a NaN trial recorded as ERROR, kill + resume, and a
-`ray job submit` to a 127.0.0.1 head. Trials run the real kdray.distill.train on tiny-bert and 32 RTE rows."""
+"""Sweeps on a real local Ray: grid and Optuna end to end, a NaN trial recorded as ERROR, kill + resume. Trials run
+the real kdray.distill.train on tiny-bert and 32 RTE rows. (`ray job submit` to a 127.0.0.1 head, as the cluster
+README writes it: tests/test_clusters.py.)"""
 
 from __future__ import annotations
 
@@ -104,37 +105,6 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path: Path, glue_dir: Path)
     # finished trials were not run again
     kept = trials.set_index("trial_id").loc[list(first["trial_id"]), "finished_at"]
     assert list(kept) == list(first.set_index("trial_id")["finished_at"])
-
-
-def test_ray_job_submit_to_local_head(tmp_path: Path, glue_dir: Path) -> None:
-    from ray.dashboard.modules.job import sdk
-
-    if sdk.requests is None:
-        pytest.skip("`ray job submit` needs ray[default] (requests, the job server), which this environment lacks")
-    path = space(tmp_path, glue_dir, "job", {"mode": "grid"})
-    ray = str(Path(PY).parent / "ray")
-    # --block keeps `ray start` in the foreground so the test stops exactly the head it started (no `ray stop`,
-    # which would end every Ray on the machine).
-    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", "6390",
-                             "--num-cpus", "3", "--dashboard-host", "127.0.0.1", "--dashboard-port", "8275",
-                             "--disable-usage-stats"], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        out = None
-        not_up_yet = ("Connection", "No available agent")  # the job server, then its agent, come up after the head
-        for _ in range(60):
-            out = subprocess.run([ray, "job", "submit", "--address", "http://127.0.0.1:8275", "--", PY, "-m", "kdray",
-                                  "sweep", str(path), "--address", "auto", "--storage", str(tmp_path / "runs")],
-                                 env=env(), capture_output=True, text=True, timeout=300)
-            if out.returncode == 0 or not any(text in out.stderr for text in not_up_yet):
-                break
-            time.sleep(2)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-    trials, _ = load(tmp_path / "runs" / "job")
-    assert len(trials) == 1 and trials["status"].iloc[0] == "TERMINATED" and not math.isnan(trials["dev_score"].iloc[0])
 
 
 def test_teachers_only_prepares_every_teacher_without_ray(tmp_path: Path, glue_dir: Path) -> None:

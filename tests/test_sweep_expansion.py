@@ -79,8 +79,9 @@ def test_shipped_space_files_are_valid(path: Path) -> None:
         assert len({t.key for t in trials}) == len(trials)  # what --resume recognises trials by
 
 
-def test_dry_run_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+def test_dry_run_into_a_closed_pipe_ends_quietly(tmp_path: Path, glue_dir: Path) -> None:
     """`kdray sweep --dry-run | head -1`: no BrokenPipeError traceback when the reader leaves early."""
+    import os
     import subprocess
     import sys
 
@@ -88,7 +89,8 @@ def test_dry_run_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     lrs = ", ".join(f"{1e-5 * (i + 1):.6g}" for i in range(800))  # 1,600 trials: far more than a pipe buffer
     path.write_text(GOOD + f"search:\n  space:\n    train.lr: {{grid: [{lrs}]}}\n")
     proc = subprocess.Popen([sys.executable, "-m", "kdray", "sweep", str(path), "--dry-run"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1],
+                            env={**os.environ, "KDRAY_GLUE_DIR": str(glue_dir)})  # dry-run checks the data too
     assert proc.stdout is not None and proc.stdout.readline().startswith(b"sweep ")
     proc.stdout.close()  # what head does after its first line
     _, err = proc.communicate(timeout=120)

@@ -13,30 +13,40 @@ from pathlib import Path
 from typing import Any
 
 from kdray import results
-from kdray.config import SweepConfig
+from kdray.config import ConfigError, RunConfig
 from kdray.records import RunResult
+from kdray.registry import method_name
 from kdray.sweep.expansion import tune_identity
-from kdray.sweep.trial import ERROR_KEY, RECORD_KEY, RECORDED_KEY
+from kdray.sweep.trial import ERROR_KEY, RECORD_KEY, RECORDED_KEY, TrialContext
 
 
 def trial_row(sweep_name: str, key: str, task: str | None, params: dict[str, Any], result: RunResult | None,
-              last: dict[str, Any], error: str | None, started_at: str,
-              finished_at: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+              last: dict[str, Any], error: str | None, started_at: str, finished_at: str,
+              run: RunConfig | None = None, attempts: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One trials.parquet row (and its trace rows) from a trial's identity, RunResult and last Tune result.
 
     Status: ERROR when the trial or its last report says so, TERMINATED with a RunResult, else STOPPED (ended
-    early by ASHA); a trial without a RunResult keeps what is known of it (task, last dev_score).
+    early by ASHA). A trial without a RunResult keeps what is known of it: its task and last dev_score, and
+    from its ``run`` the seed, method, action, pool and phase length (so the report's footnotes can name it).
     """
     error = last.get(ERROR_KEY) or error
     status = "ERROR" if error else ("TERMINATED" if result is not None else "STOPPED")
     traces = results.trace_rows(key, result.traces) if result is not None else []
-    known = result if result is not None else {"task": task, "dev_score": last.get("dev_score", math.nan)}
+    known = result if result is not None else {"task": task, "dev_score": last.get("dev_score", math.nan),
+                                               **(_run_fields(run) if run is not None else {})}
     row = results.trial_row(sweep_name, key, known, params, status=status, error=error,
-                            started_at=started_at or None, finished_at=finished_at)
+                            started_at=started_at or None, finished_at=finished_at, attempts=attempts)
     return row, traces
 
 
-def make_recorder(results_dir: str, sweep: SweepConfig, task: str | None, mirror_uri: str | None = None) -> Any:
+def _run_fields(run: RunConfig) -> dict[str, Any]:
+    """What a trial's settings say about it before any result: the columns an ERROR row keeps."""
+    return {"task": run.task, "seed": run.train.seed, "method": method_name(run.selector.name, run.selector.action),
+            "action": run.selector.action, "knowledge_pool": list(run.knowledge.pool),
+            "phase_steps": run.selector.phase_steps}
+
+
+def make_recorder(results_dir: str, ctx: TrialContext, mirror_uri: str | None = None) -> Any:
     """The Tune callback of one Tuner (a grid, or one task's Optuna study) writing under ``results_dir``."""
     from ray.tune import Callback
 
@@ -50,27 +60,59 @@ def make_recorder(results_dir: str, sweep: SweepConfig, task: str | None, mirror
             self.started[trial.trial_id] = _now()
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            _record(trial, trial.last_result or {}, None, self.started.get(trial.trial_id, ""))
+            record(results_dir, ctx, mirror_uri, trial.config, trial.trial_id, trial.last_result or {}, None,
+                   self.started.get(trial.trial_id, ""), trial.num_failures + 1)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            _record(trial, trial.last_result or {}, _error_text(trial), self.started.get(trial.trial_id, ""))
-
-    def _record(trial: Any, last: dict[str, Any], error: str | None, started_at: str) -> None:
-        if last.get(RECORDED_KEY):
-            return  # its row was written before the sweep was interrupted
-        key, trial_task, params = tune_identity(sweep, trial.config, task, trial.trial_id)
-        result = RunResult.from_json(last[RECORD_KEY]) if RECORD_KEY in last else None
-        row, traces = trial_row(sweep.name, key, trial_task, params, result, last, error, started_at, _now())
-        if traces:
-            results.append_traces(results_dir, traces)
-        results.append_trials(results_dir, [row])
-        if mirror_uri:  # URI storage: appends stay local, the bucket gets whole files after each
-            results.mirror_to_uri(results_dir, mirror_uri)
-        print(f"[kdray] {row['trial_id']}: {row['status']} dev_score={row['dev_score']} "
-              f"loop={last.get('kdray_loop_seconds', math.nan):.1f}s"
-              + (f" error={row['error'][:200]}" if row["error"] else ""), flush=True)
+            record(results_dir, ctx, mirror_uri, trial.config, trial.trial_id, trial.last_result or {},
+                   _error_text(trial), self.started.get(trial.trial_id, ""), trial.num_failures + 1)
 
     return ParquetRecorder()
+
+
+def record(results_dir: str, ctx: TrialContext, mirror_uri: str | None, config: dict[str, Any], tune_trial_id: str,
+           last: dict[str, Any], error: str | None, started_at: str, attempts: int | None) -> None:
+    """Append one ended trial's row and traces (and mirror them to a URI storage)."""
+    if last.get(RECORDED_KEY):
+        return  # its row was written before the sweep was interrupted
+    sweep = ctx.sweep
+    key, trial_task, params = tune_identity(sweep, config, ctx.task, tune_trial_id)
+    result = RunResult.from_json(last[RECORD_KEY]) if RECORD_KEY in last else None
+    run = None
+    if result is None:
+        try:
+            run = ctx.resolve(config, tune_trial_id).run
+        except (ConfigError, ValueError, KeyError):
+            run = None  # a trial no longer in the space file: keep what Tune knows of it
+    row, traces = trial_row(sweep.name, key, trial_task, params, result, last, error, started_at, _now(), run,
+                            attempts)
+    if traces:
+        results.append_traces(results_dir, traces)
+    results.append_trials(results_dir, [row])
+    if mirror_uri:  # URI storage: appends stay local, the bucket gets whole files after each
+        results.mirror_to_uri(results_dir, mirror_uri)
+    print(f"[kdray] {row['trial_id']}: {row['status']} dev_score={row['dev_score']} "
+          f"loop={last.get('kdray_loop_seconds', math.nan):.1f}s"
+          + (f" attempts={attempts}" if attempts and attempts > 1 else "")
+          + (f" error={row['error'][:200]}" if row["error"] else ""), flush=True)
+
+
+def backfill(results_dir: str, ctx: TrialContext, grid: Any, mirror_uri: str | None = None) -> int:
+    """Record the trials of a finished Tuner that trials.parquet lacks (a driver killed while writing a row,
+    after Tune saved the trial as ended); returns how many rows were added."""
+    recorded = set(results.recorded_ids(results_dir))
+    added = 0
+    for result in grid:
+        metrics = result.metrics or {}
+        config, tune_trial_id = metrics.get("config") or {}, metrics.get("trial_id")
+        if not tune_trial_id or not (RECORD_KEY in metrics or ERROR_KEY in metrics or result.error is not None):
+            continue
+        key, _, _ = tune_identity(ctx.sweep, config, ctx.task, tune_trial_id)
+        if key not in recorded:
+            error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"[:2000]
+            record(results_dir, ctx, mirror_uri, config, tune_trial_id, metrics, error, "", None)
+            added += 1
+    return added
 
 
 def _error_text(trial: Any) -> str:

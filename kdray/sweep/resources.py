@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Mapping
 
 from kdray.config import ConfigError, SweepConfig
 
@@ -58,6 +59,7 @@ def local_num_cpus(sweep: SweepConfig) -> int:
     return max(os.cpu_count() or 1, math.ceil(r.workers_per_trial * r.cpus_per_worker)) + 1
 
 
-def worker_env() -> dict[str, str]:
+def worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The driver's environment variables that trials need too (offline hub, caches, thread counts)."""
-    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES) or k in ("TOKENIZERS_PARALLELISM",)}
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k.startswith(ENV_PREFIXES) or k in ("TOKENIZERS_PARALLELISM",)}

@@ -21,12 +21,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kdray import results
 from kdray.config import ConfigError, RunConfig, SweepConfig, load_sweep_config, validate
+from kdray.io import LockHeld, clean_stale_temps, locked, try_locked
+from kdray.sweep import reaper
 from kdray.sweep.expansion import Trial, describe, expand_grid, resolve_paths, tune_space
-from kdray.sweep.recorder import make_recorder
-from kdray.sweep.resources import QUIET_ENV, local_num_cpus, max_concurrent_trials, tune_resources, worker_env
+from kdray.sweep.preflight import check_inputs, check_writable_folder, sweep_folder
+from kdray.sweep.ray_start import RayStartError, join, start_local
+from kdray.sweep.recorder import backfill, make_recorder
+from kdray.sweep.resources import QUIET_ENV, max_concurrent_trials, tune_resources
 from kdray.sweep.teachers import teacher_root, teacher_stage
 from kdray.sweep.trial import ERROR_KEY, TrialContext, trial_fn
+
+SWEEP_LOCK = ".sweep.lock"  # held by the one driver of a sweep, fresh or resumed
 
 
 def run_sweep(space_path: str, address: str | None = None, storage: str | None = None, name: str | None = None,
@@ -50,21 +57,25 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
             them on one GPU box (or before a long sweep) and run the trials later with the same storage.
 
     Returns:
-        0 when every trial finished, 1 when some trial is recorded as ERROR, 2 for a bad configuration.
+        0 when every trial finished, 1 when some trial is recorded as ERROR, 2 for a bad configuration (found
+        before Ray starts, ``dry_run`` included) or a Ray that would not start.
     """
+    storage = storage or str(Path("runs").resolve())
+    is_uri = "://" in storage
+    if not is_uri:
+        storage = str(Path(storage).expanduser().resolve())
     try:
+        if max_concurrent is not None and max_concurrent < 1:
+            raise ConfigError(f"--max-concurrent {max_concurrent}: must be >= 1")
         sweep = load_sweep(space_path, overrides, name, num_samples)
         trials = expand_grid(sweep, str(space_path)) if sweep.search.mode == "grid" else None
+        preflight(sweep, trials, storage, is_uri, resume or teachers_only)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return 2
     if dry_run:
         print(describe(sweep, trials))
         return 0
-    storage = storage or str(Path("runs").resolve())
-    is_uri = "://" in storage
-    if not is_uri:
-        storage = str(Path(storage).resolve())
     if teachers_only:
         t0 = time.time()
         root = teacher_root(sweep, storage, is_uri)
@@ -90,6 +101,22 @@ def load_sweep(space_path: str, overrides: dict[str, Any] | None, name: str | No
     return resolve_paths(sweep, Path(space_path).resolve().parent)
 
 
+def preflight(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, resume: bool) -> None:
+    """Everything a sweep can be refused for before Ray starts: storage, models, GLUE folders, paths, and a
+    fresh run over a sweep that exists (it needs --resume or another --name; ``resume`` skips that check, as
+    does --teachers-only, which runs no Tuner)."""
+    sweep_dir = sweep_folder(storage, sweep.name)
+    local_dir = results_dir(sweep_dir, sweep.name)
+    check_writable_folder(local_dir, "--storage" if not is_uri else "the local results folder")
+    check_inputs(sweep, stage_runs(sweep, trials))
+    if not resume and not is_uri:
+        names = ["tune"] if sweep.search.mode == "grid" else [f"tune_{task}" for task in sweep.tasks]
+        for tuner in names:
+            if (Path(sweep_dir) / tuner / "tuner.pkl").exists():
+                raise ConfigError(f"{sweep_dir}/{tuner} already holds this sweep; pass --resume to continue it "
+                                  "or --name NEW")
+
+
 def stage_runs(sweep: SweepConfig, trials: list[Trial] | None) -> list[RunConfig]:
     """The runs whose teachers the teacher stage prepares: every grid trial's, or each task's base run."""
     if trials is not None:
@@ -99,40 +126,76 @@ def stage_runs(sweep: SweepConfig, trials: list[Trial] | None) -> list[RunConfig
 
 def _on_ray(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, address: str | None,
             resume: bool, max_concurrent: int | None) -> int:
-    """Start (or join) Ray, prepare the teachers, run each Tuner; the exit code of :func:`run_sweep`."""
+    """Take the sweep's lock, start (or join) Ray, run the sweep; the exit code of :func:`run_sweep`."""
+    sweep_dir = sweep_folder(storage, sweep.name)
+    local_dir = Path(results_dir(sweep_dir, sweep.name))
+    try:
+        with try_locked(local_dir / SWEEP_LOCK):
+            return _locked_run(sweep, trials, storage, is_uri, address, resume, max_concurrent)
+    except LockHeld:
+        print(f"another kdray sweep is running {local_dir} (it holds {SWEEP_LOCK}); wait for it to end, or "
+              "use another --name", file=sys.stderr)
+        return 2
+
+
+def _locked_run(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, address: str | None,
+                resume: bool, max_concurrent: int | None) -> int:
+    """The sweep under its lock: clean what a killed run left, start Ray, prepare teachers, run each Tuner."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     import ray
 
-    sweep_dir = f"{storage.rstrip('/')}/{sweep.name}"
-    runtime_env = {"env_vars": worker_env()}
-    if address is None:
-        # address="local": always start our own Ray, never join (and clash with) another one on this machine.
-        ray.init(address="local", num_cpus=local_num_cpus(sweep), num_gpus=0 if not sweep.resources.use_gpu else None,
-                 include_dashboard=False, dashboard_host="127.0.0.1", runtime_env=runtime_env,
-                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
-    else:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level="WARNING")
+    sweep_dir = sweep_folder(storage, sweep.name)
+    local_dir = results_dir(sweep_dir, sweep.name)
+    pidfile = Path(local_dir) / reaper.PIDFILE
+    with locked(Path(local_dir) / results.LOCK_FILE):  # no trial of this sweep runs: the sweep lock is ours
+        stale = clean_stale_temps(local_dir, recursive=True)
+    left = reaper.reap_leftovers(pidfile)
+    if stale or left:
+        print(f"[kdray] cleaned up after a killed run: {len(stale)} temp file(s), {len(left)} process(es)",
+              flush=True)
+    watchdog = None
+    try:
+        if address is None:
+            watchdog = reaper.start_watchdog(pidfile)
+            start_local(sweep)
+        else:
+            join(address)
+    except RayStartError as err:
+        reaper.stop_watchdog(watchdog, pidfile)
+        print(str(err), file=sys.stderr)
+        return 2
     t0 = time.time()
     try:
-        concurrent = max_concurrent_trials(sweep, ray.cluster_resources(), max_concurrent)
-        root = teacher_root(sweep, storage, is_uri)
-        teachers = teacher_stage(sweep, stage_runs(sweep, trials), root, local=address is None)
-        trials_dir = (f"{sweep_dir}/trials" if not is_uri
-                      else str(Path(tempfile.gettempdir()) / "kdray_trials" / sweep.name))
-        failed = 0
-        for task in [None] if trials is not None else sweep.tasks:
-            ctx = TrialContext(sweep, task, {t.key: t for t in trials or []}, teachers, root, trials_dir,
-                               f"{sweep_dir}/train", sweep_dir)
-            failed += _run_tuner(ctx, trials, concurrent, resume, is_uri)
+        failed = _run_tuners(sweep, trials, storage, is_uri, address, resume, max_concurrent)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return 2
     finally:
         if address is None:
             ray.shutdown()
+            reaper.stop_watchdog(watchdog, pidfile)
     _summary(sweep, sweep_dir, time.time() - t0)
     return 1 if failed else 0
+
+
+def _run_tuners(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, address: str | None,
+                resume: bool, max_concurrent: int | None) -> int:
+    """The teacher stage, then each Tuner (the grid, or one Optuna study per task); how many trials ERRORed."""
+    import ray
+
+    sweep_dir = sweep_folder(storage, sweep.name)
+    concurrent = max_concurrent_trials(sweep, ray.cluster_resources(), max_concurrent)
+    root = teacher_root(sweep, storage, is_uri)
+    teachers = teacher_stage(sweep, stage_runs(sweep, trials), root, local=address is None)
+    trials_dir = (f"{sweep_dir}/trials" if not is_uri
+                  else str(Path(tempfile.gettempdir()) / "kdray_trials" / sweep.name))
+    failed = 0
+    for task in [None] if trials is not None else sweep.tasks:
+        ctx = TrialContext(sweep, task, {t.key: t for t in trials or []}, teachers, root, trials_dir,
+                           f"{sweep_dir}/train", sweep_dir)
+        failed += _run_tuner(ctx, trials, concurrent, resume, is_uri)
+    return failed
 
 
 def _run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, resume: bool, is_uri: bool) -> int:
@@ -143,25 +206,25 @@ def _run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, r
     tuner_name = "tune" if ctx.task is None else f"tune_{ctx.task}"
     trainable = tune.with_resources(tune.with_parameters(trial_fn, ctx=ctx), tune_resources(sweep))
     path = f"{sweep_dir}/{tuner_name}"
+    local_dir = results_dir(sweep_dir, sweep.name)
     if resume and tune.Tuner.can_restore(path):
         print(f"[kdray] resuming {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
     else:
-        if not resume and not is_uri and (Path(path) / "tuner.pkl").exists():
-            raise ConfigError(f"{path} already holds this sweep; pass --resume to continue it or --name NEW")
         param_space, tune_config = _search(sweep, trials, concurrent)
         tuner = tune.Tuner(
             trainable, param_space=param_space, tune_config=tune_config,
             run_config=tune.RunConfig(
                 name=tuner_name, storage_path=sweep_dir,
-                callbacks=[make_recorder(results_dir(sweep_dir, sweep.name), sweep, ctx.task,
-                                         sweep_dir if "://" in sweep_dir else None)],
-                failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=[make_recorder(local_dir, ctx, sweep_dir if "://" in sweep_dir else None)],
+                # a trial whose process or node died restarts from its last checkpoint (attempts counts them)
+                failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=1),
         )
     grid = tuner.fit()
+    backfill(local_dir, ctx, grid, sweep_dir if "://" in sweep_dir else None)
     return sum(1 for r in grid if r.error is not None or (r.metrics or {}).get(ERROR_KEY))
 
 
