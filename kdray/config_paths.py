@@ -158,3 +158,11 @@ def flatten_overrides(overrides: dict[str, Any], root: type[BaseModel]) -> dict[
         else:
             out[dotted] = value
     return out
+
+
+def check_names(values: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
+    """Raise ValueError naming the unknown values of a name family and the allowed ones."""
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; allowed: {', '.join(allowed)}")
+    return values

@@ -4,7 +4,6 @@ README writes it: tests/test_clusters.py.)"""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess

@@ -25,17 +25,14 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-
-from kdray.config import SelectorConfig
+from kdray.config import BanditConfig, SelectorConfig
 from kdray.selection.bandit_model import Memory, Posterior, design, prior_mean
 from kdray.selection.base import PhaseOutcome, PhaseRecord, PhaseState, Selector, register_selector
 
 FORMAT = "kdray.bandit/1"
-FeatureGroup = Literal["progress", "lr", "losses", "grad_norms", "cosines", "holdout", "prev_action"]
 FEATURE_GROUPS: tuple[str, ...] = ("progress", "lr", "losses", "grad_norms", "cosines", "holdout", "prev_action")
 MAX_CANDIDATES = 50_000  # soft grid size limit: levels ** len(pool)
 
@@ -53,33 +50,6 @@ def grad_norm_key(kind: str) -> str:
 def cosine_key(a: str, b: str) -> str:
     """Feature key of the cosine between two kinds' gradients (``a`` before ``b`` in pool order)."""
     return f"cosine.{a}.{b}"
-
-
-class BanditConfig(BaseModel):
-    """Options of the bandit selector (to hang under ``selector.bandit``)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    # state feature groups; [] gives a context-free bandit (one best weighting for the whole run)
-    # Default: the features normalised per segment. Raw loss levels and holdout CE reach values in the
-    # final run that 1/3-length stage-1 episodes never saw; on the planted env adding them raised the
-    # regret from 0.74e-3 to 2.2e-3 (tuning seeds 100-119, python -m kdray.selection.synthetic).
-    features: list[FeatureGroup] = Field(default_factory=lambda: ["progress", "lr"])
-    # ridge on every coefficient (standardised units); 10 beat 1 and 3 on the planted env, also with its
-    # optimum shifted off the centre by +-0.25 (tuning seeds 200-239)
-    prior_precision: float = Field(default=10.0, gt=0)
-    explore_scale: float = Field(default=1.0, ge=0)  # widens/narrows Thompson draws; 0 = greedy
-    explore: Literal["thompson", "variance"] = "thompson"  # stage-1 decided branch: Thompson, or most uncertain
-    explore_branches: Literal["thompson", "variance"] = "variance"  # the k-2 extra branches
-    levels: int = Field(default=5, ge=2, le=11)  # soft actions: grid points per kind in [0, 1]
-    pairwise: bool = False  # model interactions between kinds (u_k * u_l); 36 transitions cannot carry them
-    # Prior mean -concavity on each u_k**2 ("too much of a kind hurts"): the untrained choice is every weight
-    # 0.5 (equal shares, the ratios of `all`), and weakly identified kinds stay inside [0, 1], not at a corner.
-    concavity: float = Field(default=0.25, ge=0)
-    warmup: int = Field(default=3, ge=0)  # observed phases before memory statistics standardise state and reward
-    init_reward_scale: float = Field(default=0.01, gt=0)  # reward unit during warm-up (issue #15: effects ~0.01)
-    reference: Literal["all", "mean"] = "all"  # paired reference: every kind at 1, or the posterior-mean choice
-    memory: int = Field(default=1024, ge=1)  # transitions kept (oldest dropped)
 
 
 @dataclass

@@ -108,7 +108,7 @@ def _vector(weights: dict[str, float]) -> np.ndarray:
 
 def run_episode(selector: Selector, env: PlantedEnv, phases: int, paired: bool, step0: int) -> list[np.ndarray]:
     """One episode (a fresh student): decide, run the phase (K branches when paired), observe. Returns the actions."""
-    env.holdout, last, last_drop, chosen = 0.69, None, 0.0, []
+    env.holdout, chosen = 0.69, []
     state = env.state(0.0, step0, None, 0.0)
     for i in range(phases):
         progress = i / phases
@@ -127,7 +127,7 @@ def run_episode(selector: Selector, env: PlantedEnv, phases: int, paired: bool, 
             selector.observe_branches(state, advantages)  # type: ignore[attr-defined]
         else:
             selector.observe(PhaseOutcome(before, env.holdout, nxt.losses, nxt, i + 1 == phases))
-        state, last, last_drop = nxt, action, drop
+        state = nxt
         chosen.append(action)
     return chosen
 
