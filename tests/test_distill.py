@@ -73,7 +73,7 @@ def test_concurrent_cache_builds_wait_for_the_first(tmp_path: Path) -> None:
     """A trial that finds another building the same cache waits for it and reuses it (no second teacher pass)."""
     import threading
 
-    from kdray.paths import locked
+    from kdray.io import locked
 
     data, folder = _rows(), tmp_path / "cache"
     teacher, calls = _tiny(0), []
@@ -240,11 +240,11 @@ class _Spy:
 
 
 def _spied_teacher(monkeypatch: pytest.MonkeyPatch) -> _Spy:
-    import kdray.distill as distill
+    import kdray.run_setup as run_setup
 
     spy = _Spy()
-    real = distill.load_teacher
-    monkeypatch.setattr(distill, "load_teacher", lambda path, spec, **kw: spy.wrap(real(path, spec, **kw)))
+    real = run_setup.load_teacher
+    monkeypatch.setattr(run_setup, "load_teacher", lambda path, spec, **kw: spy.wrap(real(path, spec, **kw)))
     return spy
 
 

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 import kdray.teacher as teacher_mod
 from kdray.config import DataConfig, RunConfig, TeacherConfig, TrainConfig
 from kdray.models import load_teacher
-from kdray.teacher import bucketed_batches, finetune_teacher, get_teacher, teacher_cache_dir
+from kdray.loop_data import bucketed_batches
+from kdray.teacher import finetune_teacher, get_teacher, teacher_cache_dir
 
 
 def _run(glue_dir: Path, **teacher: object) -> RunConfig:
