@@ -27,6 +27,7 @@ from kdray import checkpoint
 from kdray.selection.base import PhaseState, Selector
 
 Snapshot = NewType("Snapshot", dict)  # a deep, detached copy of TrainingState.state_dict()
+FORMAT = 2  # of the state dict (1: the untyped checkpoint dict of kdray before the typed state)
 
 
 @dataclass
@@ -145,7 +146,7 @@ class TrainingState:
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint: weights_only-safe, with references to live tensors (copy it to keep it)."""
         return {
-            "segment": self.segment, "step": self.step,
+            "format": FORMAT, "segment": self.segment, "step": self.step,
             "student": self.student.state_dict(), "knowledge": self.knowledge.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -158,6 +159,9 @@ class TrainingState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Put a :meth:`state_dict` back, RNG included (the optimiser must be built for ``state["segment"]``)."""
+        if state.get("format") != FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format', 1)}, this kdray reads format {FORMAT}: "
+                             "it was written by another kdray version; start the run afresh")
         self.segment, self.step = int(state["segment"]), int(state["step"])
         self.student.load_state_dict(state["student"])
         self.knowledge.load_state_dict(state["knowledge"])

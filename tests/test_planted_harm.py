@@ -9,8 +9,10 @@ in at least three of them. One seed may miss: the critic learns from a handful o
 seed is unlucky moves with any change to the loop. Measured with this set-up (teacher-output cache, 32
 tokens) over seeds 1-8: 8 of 8 positive, mean margin 0.33 (seeds 1-4: 0.06, 0.46, 0.17, 0.92); the earlier
 set-up (live teacher, 48 tokens, six seeds) measured 9 of 10 positive, mean 0.30, at about three times the
-cost. A uniform selector's margin is 0 and a random one's is noise, and the control test checks that both
-fail the criterion, so the test measures learning, not the pool's layout.
+cost (measured back to back on the 2-core box: 316 s before, 112 s now; under a load of 6 the earlier
+set-up hit the 600-s timeout). A uniform selector's margin is 0 and a random one's is noise (seeds 1-4:
+0.15, 0.06, -0.01, 0.01, mean 0.05), and the control test checks that both fail the criterion, so the test
+measures learning, not the pool's layout.
 """
 
 from __future__ import annotations
@@ -25,6 +27,16 @@ from kdray.knowledge.base import ModelOutputs
 from kdray.knowledge.response import ResponseKnowledge
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: these matrices are too small to gain from two, and on a loaded 2-core box two threads
+    wait on each other at every op (the margins above were measured with one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 POOL = ["finetune", "response", "feature"]
 HARMFUL = "response"
 

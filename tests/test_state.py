@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 import torch
 
 from kdray.loop import Loop, train_steps
@@ -95,3 +96,5 @@ def test_state_dict_loads_weights_only_and_round_trips(rte_config: Callable, tin
     assert st.counters == loop.state.counters and st.last_eval == loop.state.last_eval
     assert st.traces == loop.state.traces and (st.segment, st.step) == (0, 3) and st.last_eval.step == 3
     assert _same(st.student.state_dict(), saved["student"])  # start_segment had reset it to the initialisation
+    with pytest.raises(ValueError, match="checkpoint format 1"):  # an older kdray's untyped checkpoint dict
+        st.load_state_dict({k: v for k, v in saved.items() if k != "format"})
