@@ -1,14 +1,22 @@
-"""Atomic, resumable checkpoints: everything a run needs to continue bit-for-bit on CPU."""
+"""Checkpoint files and RNG states: everything a run needs to continue bit-for-bit on CPU.
+
+A checkpoint is :meth:`kdray.state.TrainingState.state_dict`, written with
+:func:`kdray.io.atomic_torch_save` (a crash never leaves half of one) to ``<output_dir>/checkpoint/checkpoint.pt``
+and read back with ``weights_only=True`` (no pickled code runs).
+"""
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from kdray.io import atomic_torch_save
+
+CHECKPOINT_DIR, CHECKPOINT_FILE = "checkpoint", "checkpoint.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -36,20 +44,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temp file, then rename: a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def path_in(output_dir: str | Path) -> Path:
+    """Where a run keeps its checkpoint."""
+    return Path(output_dir) / CHECKPOINT_DIR / CHECKPOINT_FILE
+
+
+def save(state: dict[str, Any], output_dir: str | Path) -> Path:
+    """Write a run's checkpoint atomically and durably."""
+    return atomic_torch_save(state, path_in(output_dir))
 
 
 def load(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint without running pickled code (``weights_only=True``)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(path, map_location="cpu", weights_only=True)

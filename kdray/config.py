@@ -126,9 +126,8 @@ class TrainConfig(StrictModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 on GPUs that have it, else fp32
     teacher_cache: bool = False  # precompute teacher outputs once and train without a teacher forward
     length_bucketing: bool = True  # batches of similar lengths: less padding with dynamic padding
-    num_workers: int = Field(default=0, ge=0, le=256)  # DataLoader workers
     progress: bool = True  # tqdm bar in the foreground
-    compile: bool = False  # torch.compile the student
+    compile: bool = False  # torch.compile the student's training forward (the first steps of each shape pay the compile)
 
 
 class KnowledgeConfig(StrictModel):

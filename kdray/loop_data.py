@@ -23,29 +23,67 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def epoch_batches(
-    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, bucketing: bool, rank: int = 0, world: int = 1
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, generator: torch.Generator, bucketing: bool = True
 ) -> list[list[int]]:
-    """This rank's batches (row indices) of one epoch.
+    """Random batches (row indices) drawn from ``generator``; with ``bucketing``, of similar lengths.
 
-    Length bucketing sorts rows by length inside windows of 50 batches of a random
-    permutation, then shuffles the batches: little padding, still random order.
-    With several ranks every rank gets the same number of whole batches (the
-    DistributedSampler contract, dropping the remainder).
+    Length bucketing sorts rows by length inside windows of 50 batches of a random permutation, then
+    shuffles the batches: little padding, still random order. The teacher stage draws its epochs from one
+    generator; the loop seeds one per epoch (:func:`epoch_batches`).
     """
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(len(lengths), generator=g).tolist()
+    order = torch.randperm(len(lengths), generator=generator).tolist()
     if bucketing:
         window = batch_size * 50
         order = [i for s in range(0, len(order), window) for i in sorted(order[s : s + window], key=lambda i: lengths[i])]
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     if bucketing:
-        perm = torch.randperm(len(batches), generator=g).tolist()
+        perm = torch.randperm(len(batches), generator=generator).tolist()
         batches = [batches[i] for i in perm]
+    return batches
+
+
+def epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, bucketing: bool, rank: int = 0, world: int = 1
+) -> list[list[int]]:
+    """This rank's batches (row indices) of one epoch: :func:`bucketed_batches` seeded by (seed, epoch).
+
+    With several ranks every rank gets the same number of whole batches (the DistributedSampler
+    contract, dropping the remainder).
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    batches = bucketed_batches(lengths, batch_size, g, bucketing)
     if world > 1:
         per_rank = len(batches) // world
         batches = batches[rank::world][:per_rank]
     return batches
+
+
+class BatchOrder:
+    """The loop's data cursor: which rows step ``step`` of segment ``segment`` trains on.
+
+    A pure function of (segment, step), so a resumed or forked run recomputes it instead of pickling
+    loaders. Stage-1 episodes draw their own orders; the final run (``final_segment``) uses the run's seed.
+    One epoch's order is kept at a time.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, bucketing: bool, final_segment: int,
+                 rank: int = 0, world: int = 1) -> None:
+        self.lengths, self.batch_size, self.seed, self.bucketing = list(lengths), batch_size, seed, bucketing
+        self.final_segment, self.rank, self.world = final_segment, rank, world
+        self.per_epoch = len(self._epoch(seed, 0))
+        self._kept: tuple[tuple[int, int], list[list[int]]] | None = None
+
+    def _epoch(self, seed: int, epoch: int) -> list[list[int]]:
+        return epoch_batches(self.lengths, self.batch_size, seed, epoch, self.bucketing, self.rank, self.world)
+
+    def rows(self, segment: int, step: int) -> list[int]:
+        """Row indices of one training step."""
+        epoch = step // self.per_epoch
+        if self._kept is None or self._kept[0] != (segment, epoch):
+            seed = self.seed if segment == self.final_segment else self.seed + 7919 * (segment + 1)
+            self._kept = ((segment, epoch), self._epoch(seed, epoch))
+        return self._kept[1][step % self.per_epoch]
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

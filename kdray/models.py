@@ -20,8 +20,6 @@ import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -38,6 +36,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from kdray.config import StudentConfig
+from kdray.io import atomic_folder
 from kdray.paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -82,13 +81,12 @@ def _minilm_dir() -> Path:
 
 
 def _tiny_bert_dir() -> Path:
-    """Materialise the seeded random tiny BERT once (temp dir + rename, so concurrent trials are safe)."""
+    """Materialise the seeded random tiny BERT once (an atomic folder, so concurrent trials are safe)."""
     final = cache_root() / "models" / "tiny-bert"
     if (final / "config.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-bert-", dir=final.parent))
-    try:
+    # another process may win the rename race; its copy is identical, and atomic_folder keeps it
+    with atomic_folder(final) as tmp:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_BERT_SEED)
             # A bare BertModel (with pooler), like the MiniLM export: loading it into a sequence
@@ -96,14 +94,6 @@ def _tiny_bert_dir() -> Path:
             body = BertModel(BertConfig(**TINY_BERT_CONFIG), add_pooling_layer=True)
         body.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(str(_minilm_dir())).save_pretrained(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process won the race; its copy is identical
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

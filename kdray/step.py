@@ -1,6 +1,6 @@
 """One distillation step and one selector state, as functions (what ``kdray.bench`` times).
 
-``kdray.distill.train``'s inner loop calls these, and so does the benchmark, so it
+The training loop (``kdray.loop``, under ``kdray.distill.train``) calls these, and so does the benchmark, so it
 measures the same code users run: the teacher-output source (cache when
 it covers the step's needs, else a live no-grad forward), the phase state the
 selector sees, and one optimisation step on the selected kinds only. They use the

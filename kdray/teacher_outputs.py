@@ -10,10 +10,7 @@ live teacher forward, as does any layer not in the cache.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,14 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdray.io import atomic_folder, locked, short_hash
 from kdray.knowledge import ModelOutputs, run_model
 from kdray.loop_data import longest_first_batches
-from kdray.paths import locked
 
 
 def cache_key(parts: dict[str, Any]) -> str:
-    """Stable short hash of what determines the cached values."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Stable short hash of what determines the cached values (sha256, 16 hex digits: existing caches' names)."""
+    return short_hash(parts, 16)
 
 
 class TeacherOutputCache:
@@ -144,9 +141,6 @@ def build_teacher_cache(
 
 def _build(teacher: nn.Module, dataset: Any, collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
            layers: set[int], folder: Path, batch_size: int, device: torch.device | str) -> None:
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     teacher.eval()
     rows = [dataset[i] for i in range(len(dataset))]
     logits: list[np.ndarray | None] = [None] * len(rows)
@@ -162,9 +156,9 @@ def _build(teacher: nn.Module, dataset: Any, collate: Callable[[list[dict[str, A
             logits[i], lengths[i] = chunk_logits[j], int(n)
             for l in layers:
                 states[l][i] = hidden[l][j, : int(n)]
-    np.save(tmp / "logits.npy", np.stack(logits))
-    np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-    for l in layers:
-        np.save(tmp / f"hidden_{l}.npy", np.concatenate(states[l]))
-    (tmp / "meta.json").write_text(json.dumps({"layers": sorted(layers), "num_rows": len(rows)}))
-    os.replace(tmp, folder)
+    with atomic_folder(folder) as tmp:  # a rebuildable cache: the folder's rename is what must be atomic
+        np.save(tmp / "logits.npy", np.stack(logits))
+        np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        for l in layers:
+            np.save(tmp / f"hidden_{l}.npy", np.concatenate(states[l]))
+        (tmp / "meta.json").write_text(json.dumps({"layers": sorted(layers), "num_rows": len(rows)}))

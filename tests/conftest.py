@@ -44,3 +44,37 @@ def tiny_teacher(tmp_path: Path) -> str:
     shutil.copytree(resolve_model("tiny-bert"), folder)
     (folder / "metrics.json").write_text(json.dumps({"score": 0.5}))
     return str(folder)
+
+
+# --------------------------------------------------------------------------- the training loop's builders (kdray.distill,
+# kdray.loop, kdray.state): one tiny distillation run on real RTE rows
+
+
+def rte_run(glue_dir: Path, out: Path, **over: object):
+    """A RunConfig of a few tiny-bert steps on 64 real RTE rows; ``over`` sets dotted keys (``train.max_steps``)."""
+    from kdray.config import RunConfig
+
+    raw: dict = {
+        "task": "rte",
+        "data": {"source": "local", "dir": str(glue_dir), "max_train_samples": 64, "max_eval_samples": 32,
+                 "holdout_fraction": 0.1},
+        "student": {"layers": 2},
+        "train": {"max_steps": 8, "batch_size": 8, "eval_batch_size": 32, "max_seq_length": 64, "progress": False,
+                  "lr": 1e-3, "warmup_ratio": 0.25},
+        "selector": {"name": "random_soft", "phase_steps": 3, "reward": {"eval_examples": 8}},
+        "knowledge": {"pool": ["finetune", "response", "feature", "relation"]},
+        "output_dir": str(out),
+    }
+    for key, value in over.items():
+        node = raw
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return RunConfig.model_validate(raw)
+
+
+@pytest.fixture()
+def rte_config(glue_dir: Path):
+    """``rte_config(out, **dotted_overrides)``: :func:`rte_run` on the real GLUE folder."""
+    return lambda out, **over: rte_run(glue_dir, out, **over)

@@ -73,7 +73,7 @@ def test_concurrent_cache_builds_wait_for_the_first(tmp_path: Path) -> None:
     """A trial that finds another building the same cache waits for it and reuses it (no second teacher pass)."""
     import threading
 
-    from kdray.paths import locked
+    from kdray.io import locked
 
     data, folder = _rows(), tmp_path / "cache"
     teacher, calls = _tiny(0), []
@@ -200,26 +200,9 @@ def test_step_returns_the_state_of_its_own_forward(kinds: list[str]) -> None:
 
 
 def _config(glue_dir: Path, out: Path, **over):
-    from kdray.config import RunConfig
+    from conftest import rte_run
 
-    raw = {
-        "task": "rte",
-        "data": {"source": "local", "dir": str(glue_dir), "max_train_samples": 64, "max_eval_samples": 32,
-                 "holdout_fraction": 0.1},
-        "student": {"layers": 2},
-        "train": {"max_steps": 8, "batch_size": 8, "eval_batch_size": 32, "max_seq_length": 64, "progress": False,
-                  "lr": 1e-3, "warmup_ratio": 0.25},
-        "selector": {"name": "random_soft", "phase_steps": 3, "reward": {"eval_examples": 8}},
-        "knowledge": {"pool": ["finetune", "response", "feature", "relation"]},
-        "output_dir": str(out),
-    }
-    for key, value in over.items():
-        node = raw
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return RunConfig.model_validate(raw)
+    return rte_run(glue_dir, out, **over)
 
 
 class _Spy:
@@ -240,11 +223,11 @@ class _Spy:
 
 
 def _spied_teacher(monkeypatch: pytest.MonkeyPatch) -> _Spy:
-    import kdray.distill as distill
+    import kdray.run_setup as run_setup
 
     spy = _Spy()
-    real = distill.load_teacher
-    monkeypatch.setattr(distill, "load_teacher", lambda path, spec, **kw: spy.wrap(real(path, spec, **kw)))
+    real = run_setup.load_teacher
+    monkeypatch.setattr(run_setup, "load_teacher", lambda path, spec, **kw: spy.wrap(real(path, spec, **kw)))
     return spy
 
 
@@ -316,3 +299,31 @@ def test_end_to_end_writes_run_record_and_traces(glue_dir: Path, tiny_teacher: s
     assert set(traces["weight"]) == {1.0} and traces["reward_set_loss"].notna().all()
     assert (tmp_path / "run" / "selector.pt").is_file()
     assert result.samples_per_second > 0 and result.selector_seconds > 0
+
+
+@pytest.mark.slow  # one inductor compile of a 2-layer student: ~50 s idle on 2 cores, the training itself ~1 s
+def test_compile_trains_the_student_through_the_compiled_module(glue_dir: Path, tiny_teacher: str, tmp_path: Path) -> None:
+    """train.compile=true: the training forward runs through torch.compile's module and the loss stays finite."""
+    import math
+
+    from torch._dynamo.utils import counters
+
+    from kdray.distill import train
+    from kdray.run_setup import set_up
+
+    # 16 tokens truncate every RTE pair to one shape: one compile, no dynamic-shape recompile
+    over = {"selector.name": "finetune", "knowledge.pool": ["finetune"], "train.max_steps": 3,
+            "train.max_seq_length": 16, "train.eval_every": 1, "train.compile": True}
+    cfg = _config(glue_dir, tmp_path / "compiled", **over)
+    models = set_up(cfg, tiny_teacher).models
+    assert isinstance(models.forward, torch._dynamo.eval_frame.OptimizedModule)
+    assert models.forward._orig_mod is models.student
+    torch._dynamo.reset()
+    counters.clear()
+    reports: list[dict] = []
+    result = train(cfg, teacher_path=tiny_teacher, report=reports.append)
+    assert counters["stats"]["unique_graphs"] >= 1  # the loop's forward was captured and compiled
+    assert [r["step"] for r in reports] == [1, 2, 3]
+    assert all(math.isfinite(r["train_loss"]) for r in reports) and 0.0 <= result.dev_score <= 1.0
+    eager = set_up(_config(glue_dir, tmp_path / "eager", **{**over, "train.compile": False}), tiny_teacher).models
+    assert eager.forward is eager.student

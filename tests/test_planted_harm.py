@@ -4,11 +4,15 @@ A test-only hook corrupts one kind of teacher knowledge: ``response`` distils fr
 logits are replaced by a confident vote for one label on every example). Everything else is the
 real loop (``kdray.distill.train``) on real RTE rows with tiny-bert, and the reward is the drop of the
 student's loss on the held-out train slice, as in a sweep. After stage 1 the selector must give the
-corrupted kind a lower mean weight than the other kinds' mean: by at least 0.1 on average over six seeds, and
-in at least five of them. One seed may miss: the critic learns from a handful of noisy phases, and which
-seed is unlucky moves with any change to the loop (measured over seeds 1-10: 9 of 10 positive, mean margin
-0.30 with the phase state taken from the last training step; 10 of 10, mean 0.27, with a separate eval-mode
-forward). A uniform selector's margin is 0, so the test measures learning, not the pool's layout.
+corrupted kind a lower mean weight than the other kinds' mean: by at least 0.1 on average over four seeds, and
+in at least three of them. One seed may miss: the critic learns from a handful of noisy phases, and which
+seed is unlucky moves with any change to the loop. Measured with this set-up (teacher-output cache, 32
+tokens) over seeds 1-8: 8 of 8 positive, mean margin 0.33 (seeds 1-4: 0.06, 0.46, 0.17, 0.92); the earlier
+set-up (live teacher, 48 tokens, six seeds) measured 9 of 10 positive, mean 0.30, at about three times the
+cost (measured back to back on the 2-core box: 316 s before, 112 s now; under a load of 6 the earlier
+set-up hit the 600-s timeout). A uniform selector's margin is 0 and a random one's is noise (seeds 1-4:
+0.15, 0.06, -0.01, 0.01, mean 0.05), and the control test checks that both fail the criterion, so the test
+measures learning, not the pool's layout.
 """
 
 from __future__ import annotations
@@ -23,6 +27,16 @@ from kdray.knowledge.base import ModelOutputs
 from kdray.knowledge.response import ResponseKnowledge
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: these matrices are too small to gain from two, and on a loaded 2-core box two threads
+    wait on each other at every op (the margins above were measured with one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 POOL = ["finetune", "response", "feature"]
 HARMFUL = "response"
 
@@ -53,8 +67,9 @@ def _stage1_weights(glue_dir: Path, teacher: str, out: Path, seed: int, selector
         "data": {"source": "local", "dir": str(glue_dir), "max_train_samples": 320, "max_eval_samples": 32,
                  "holdout_fraction": 0.2, "holdout_max": 64},
         "student": {"layers": 2},
-        "train": {"max_steps": 8, "batch_size": 16, "eval_batch_size": 64, "max_seq_length": 48, "lr": 5e-4,
-                  "warmup_ratio": 0.0, "progress": False, "seed": seed},
+        # the teacher-output cache and 32 tokens: a third of the cost of a live teacher on 48 tokens
+        "train": {"max_steps": 8, "batch_size": 16, "eval_batch_size": 64, "max_seq_length": 32, "lr": 5e-4,
+                  "warmup_ratio": 0.0, "progress": False, "seed": seed, "teacher_cache": True},
         "selector": {"name": selector, "action": "soft", "phase_steps": 2, "episodes": 8, "episode_steps": 40,
                      "noise_std": 0.3, "reward": {"eval_examples": 64}},
         "knowledge": {"pool": POOL},
@@ -67,7 +82,7 @@ def _stage1_weights(glue_dir: Path, teacher: str, out: Path, seed: int, selector
     return traces.groupby("knowledge")["weight"].mean()
 
 
-SEEDS = range(1, 7)
+SEEDS = range(1, 5)
 
 
 def _margin(weights: pd.Series) -> float:
@@ -75,18 +90,27 @@ def _margin(weights: pd.Series) -> float:
     return float(weights.drop(HARMFUL).mean() - weights[HARMFUL])
 
 
+def _turned_down(margins: dict[int, float]) -> bool:
+    """The claim: a mean margin above 0.1, and at most one seed at or below 0."""
+    return sum(margins.values()) / len(margins) > 0.1 and sum(m > 0 for m in margins.values()) >= len(margins) - 1
+
+
+def _margins(glue_dir: Path, teacher: str, out: Path, selector: str) -> dict[int, float]:
+    return {seed: round(_margin(_stage1_weights(glue_dir, teacher, out / f"{selector}{seed}", seed, selector)), 3)
+            for seed in SEEDS}
+
+
 def test_selector_turns_down_a_harmful_kind(glue_dir: Path, tiny_teacher: str, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     _biased_teacher(monkeypatch)
-    runs = {seed: _stage1_weights(glue_dir, tiny_teacher, tmp_path / f"ac{seed}", seed, "actor_critic")
-            for seed in SEEDS}
-    margins = {seed: round(_margin(w), 3) for seed, w in runs.items()}
-    assert sum(margins.values()) / len(margins) > 0.1, margins
-    assert sum(m > 0 for m in margins.values()) >= len(margins) - 1, margins
+    margins = _margins(glue_dir, tiny_teacher, tmp_path, "actor_critic")
+    assert _turned_down(margins), margins
 
 
-def test_criterion_fails_for_a_selector_that_does_not_learn(glue_dir: Path, tiny_teacher: str, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_criterion_fails_for_selectors_that_do_not_learn(glue_dir: Path, tiny_teacher: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     _biased_teacher(monkeypatch)
-    weights = _stage1_weights(glue_dir, tiny_teacher, tmp_path / "all", 1, "all")
-    assert _margin(weights) == 0.0  # every kind at 1.0: fails both parts of the criterion above
+    uniform = _margins(glue_dir, tiny_teacher, tmp_path, "all")
+    assert set(uniform.values()) == {0.0} and not _turned_down(uniform)  # every kind at 1.0
+    random = _margins(glue_dir, tiny_teacher, tmp_path, "random_soft")
+    assert not _turned_down(random), random  # weights drawn blind to the harm

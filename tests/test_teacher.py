@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 import kdray.teacher as teacher_mod
 from kdray.config import DataConfig, RunConfig, TeacherConfig, TrainConfig
 from kdray.models import load_teacher
-from kdray.teacher import bucketed_batches, finetune_teacher, get_teacher, teacher_cache_dir
+from kdray.loop_data import bucketed_batches
+from kdray.teacher import finetune_teacher, get_teacher, teacher_cache_dir
 
 
 def _run(glue_dir: Path, **teacher: object) -> RunConfig:
@@ -96,3 +97,27 @@ def test_finetune_is_seeded_and_replaces_only_teacher_folders(glue_dir: Path, tm
     with pytest.raises(FileExistsError, match="not a kdray teacher folder"):
         finetune_teacher("rte", run.teacher, run.data, 64, tmp_path / "user", progress=False)
     assert (tmp_path / "user" / "notes.txt").read_text() == "keep me"
+
+
+def test_cache_folder_names_stay_those_of_existing_caches(tmp_path: Path) -> None:
+    """Users' teacher and teacher-output caches are found by these names: the hashes must not change."""
+    from kdray.teacher_outputs import cache_key
+
+    teacher = TeacherConfig(model="tiny-bert", seed=7, lr=1e-3)
+    name = teacher_cache_dir("rte", teacher, DataConfig(max_train_samples=64), 64, tmp_path).name
+    assert name == "rte-tiny-bert-f5258df7e998"  # computed with kdray e662c72
+    parts = {"teacher": {"path": "/t", "files": [("model.safetensors", 10, 20)]}, "task": "rte", "max_len": 64,
+             "layers": [2, 4], "rows": 64, "data": None}
+    assert cache_key(parts) == "65d31168d1ccb161"
+
+
+def test_teacher_metrics_with_old_split_keys_read_back(tmp_path: Path) -> None:
+    """Teachers fine-tuned before the one key convention wrote ``split/metric``; they read as ``split_metric``."""
+    run = _run(tmp_path).model_copy(update={"task": "mnli"})
+    folder = teacher_cache_dir("mnli", run.teacher, run.data, run.train.max_seq_length, tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({
+        "metrics": {"validation_matched/accuracy": 0.8, "validation_mismatched/accuracy": 0.7}, "score": 0.75}))
+    found = get_teacher("mnli", run, tmp_path)
+    assert found.metrics == {"validation_matched_accuracy": 0.8, "validation_mismatched_accuracy": 0.7}
+    assert found.score == 0.75 and found.path == folder

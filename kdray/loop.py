@@ -1,0 +1,234 @@
+"""The segments of a distillation run: phases of selected knowledge, steps, evaluation and checkpoints.
+
+A run is segments of training (stage-1 episodes for learning selectors, then the final run), each
+restarting the student from its initialisation. Every ``selector.phase_steps`` steps the selector picks
+the knowledge weights; kinds with weight 0 are not computed. :class:`Loop` drives one
+:class:`~kdray.state.TrainingState` over a :class:`~kdray.run_setup.RunSetup`; :func:`train_steps` runs
+a given weighting on given batches from the current state, which with ``state.snapshot()`` /
+``state.restore()`` forks a run at a phase boundary.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as torch_dist
+
+from kdray import checkpoint
+from kdray.run_setup import RunSetup
+from kdray.selection.base import PhaseOutcome, PhaseState
+from kdray.state import EvalWindow, LastEval, Phase, TrainingState
+from kdray.step import StepResult, distill_step, phase_state
+from kdray.training import adamw, evaluate, linear_schedule
+
+Report = Callable[[dict[str, Any]], None]
+
+
+def optimise(setup: RunSetup, state: TrainingState, weights: dict[str, float], batch: dict[str, torch.Tensor],
+             rows: Sequence[int], with_state: bool = False) -> StepResult:
+    """One optimisation step of ``weights`` on one batch; ``with_state`` also returns the selector's next state."""
+    m = setup.models
+    return distill_step(m.forward, state.student, state.knowledge, state.selector.pool, weights, batch, rows,
+                        setup.teacher_fn, state.optimizer, state.scheduler, state.scaler,
+                        setup.config.train.max_grad_norm, setup.world, setup.autocast,
+                        state_layers=m.layers if with_state else None)
+
+
+@dataclass
+class BranchResult:
+    """What :func:`train_steps` gives back: mean unweighted loss per computed kind, and the mean weighted loss."""
+
+    losses: dict[str, float]
+    loss: float
+
+
+def train_steps(setup: RunSetup, state: TrainingState, weights: dict[str, float],
+                batches: Sequence[Sequence[int]]) -> BranchResult:
+    """Train ``state`` in place with ``weights`` on ``batches`` (row indices), one step each.
+
+    Weights, optimiser, schedule, scaler and the global RNG move on; the cursor, the phase, the counters and
+    the selector do not: a candidate branch, to be scored, then dropped with ``state.restore(snapshot)``.
+    """
+    acc, total = Phase(), torch.zeros((), device=setup.device, dtype=torch.float64)
+    state.student.train()
+    for rows in batches:
+        result = optimise(setup, state, weights, setup.batch(list(rows)), rows)
+        acc.add(result.losses)
+        total += result.loss.detach().double()
+    return BranchResult(acc.mean_losses(), float(total) / max(1, len(batches)))
+
+
+class Loop:
+    """Runs the segments of one run over ``setup``, on the training state it owns (``self.state``)."""
+
+    def __init__(self, setup: RunSetup, report: Report | None = None) -> None:
+        self.setup, self.report = setup, report
+        m, dtype = setup.models, setup.amp_dtype
+        optimizer, scheduler = self._optimiser(0)
+        self.state = TrainingState(
+            student=m.student, knowledge=m.knowledge, selector=setup.selector,
+            scaler=torch.amp.GradScaler(setup.device.type, enabled=dtype == torch.float16),
+            optimizer=optimizer, scheduler=scheduler, device=setup.device)
+        self._bar: Any = None
+
+    def _optimiser(self, segment: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        tc, m = self.setup.config.train, self.setup.models
+        optimizer = adamw([m.student, m.knowledge], tc.lr, tc.weight_decay)
+        return optimizer, linear_schedule(optimizer, self.setup.segments[segment], tc.warmup_ratio)
+
+    # ------------------------------------------------------------------ segments
+
+    def start_segment(self, segment: int) -> None:
+        """Restart the student and projections from their initialisation, with a fresh optimiser and phase."""
+        st, m, sc = self.state, self.setup.models, self.setup.config.selector
+        st.student.load_state_dict(m.init_student)
+        st.knowledge.load_state_dict(m.init_knowledge)
+        st.selector.start_episode(segment)
+        if segment == self.setup.final_segment and st.selector.learns:
+            st.selector.training = sc.stage2 == "learning"
+        st.optimizer, st.scheduler = self._optimiser(segment)
+        st.segment, st.step, st.phase = segment, 0, Phase()
+        st.window = EvalWindow(torch.zeros((), device=self.setup.device))
+
+    def resume(self, path: str) -> None:
+        """Continue from a checkpoint: the optimiser is built for its segment, then the whole state is loaded."""
+        saved = checkpoint.load(path)
+        self.start_segment(int(saved["segment"]))
+        self.state.load_state_dict(saved)
+
+    @property
+    def final(self) -> bool:
+        return self.state.segment == self.setup.final_segment
+
+    def run_segment(self, until: int | None = None) -> None:
+        """Train the current segment to its end (or to step ``until``); at a stage-1 episode's end the next
+        segment starts and is checkpointed, so a resume there starts it afresh."""
+        st, setup = self.state, self.setup
+        steps = setup.segments[st.segment]
+        stop = steps if until is None else min(until, steps)
+        st.student.train()
+        n_episodes = setup.final_segment
+        desc = "final" if self.final else f"episode {st.segment + 1}/{n_episodes}"
+        self._bar = _progress(setup.config.train.progress and setup.rank == 0, steps, st.step, desc)
+        while st.step < stop:
+            self._train_step(steps)
+        if self._bar is not None:
+            self._bar.close()
+        if st.step == steps and not self.final:
+            self.start_segment(st.segment + 1)
+            if setup.rank == 0:
+                checkpoint.save(st.state_dict(), setup.config.output_dir)
+
+    def _train_step(self, steps: int) -> None:
+        st, setup, tc = self.state, self.setup, self.setup.config.train
+        t_step = time.perf_counter()
+        step = st.step
+        rows = setup.order.rows(st.segment, step)
+        batch = setup.batch(rows)
+        if step % setup.config.selector.phase_steps == 0 or st.phase.weights is None:
+            self._decide(batch, rows, steps)
+        weights = st.phase.weights
+        assert weights is not None
+        if not any(weights.get(k, 0.0) > 0 for k in st.selector.pool):
+            raise ValueError(f"selector {setup.config.selector.name!r} gave every kind weight 0 at step {step}: {weights}")
+        done = step + 1 == steps
+        phase_end = (step + 1) % setup.config.selector.phase_steps == 0 or done
+        result = optimise(setup, st, weights, batch, rows, with_state=phase_end and st.selector.needs_state)
+        st.phase.add(result.losses)
+        st.window.add(result.loss)
+        st.counters.steps += 1
+        st.counters.samples += len(rows) * setup.world
+        st.counters.step_seconds += time.perf_counter() - t_step
+        if self._bar is not None:
+            self._bar.update(1)
+            if (step + 1) % tc.log_every == 0:
+                self._bar.set_postfix(loss=f"{result.loss.item():.4f}")  # the only sync inside the loop
+        if phase_end:
+            self._end_phase(result, weights, steps, done)
+        st.counters.train_seconds += time.perf_counter() - t_step
+        st.step += 1
+        metrics = self._evaluate(done) if self.final else None
+        due = done or (tc.checkpoint_every and st.counters.steps % tc.checkpoint_every == 0)
+        episode_end = done and not self.final  # saved by run_segment once the next segment has started
+        if setup.rank == 0 and due and not episode_end:
+            checkpoint.save(st.state_dict(), setup.config.output_dir)
+        if metrics is not None and self.report is not None:
+            self.report(metrics)
+
+    # ------------------------------------------------------------------ phases
+
+    def _decide(self, batch: dict[str, torch.Tensor], rows: list[int], steps: int) -> None:
+        """Phase start: the selector decides the weights until the next decision."""
+        st, setup = self.state, self.setup
+        t0 = time.perf_counter()
+        # the previous phase's last step gave the state; a segment's first decision builds its own
+        decision_state, st.phase.next_state = st.phase.next_state, None
+        if decision_state is None:
+            decision_state = phase_state(st.student, setup.teacher_fn, st.selector.needs_state, batch, rows,
+                                         *setup.models.layers, st.step, steps, st.phase.losses, setup.autocast)
+        if setup.reward_set is not None and math.isnan(st.phase.reward):
+            st.phase.reward = self._reward_set_loss()
+        weights = st.selector.decide(decision_state)
+        st.phase.weights, st.phase.sums, st.phase.count = _agree(weights, setup.world), {}, 0
+        st.counters.selector_seconds += time.perf_counter() - t0
+
+    def _end_phase(self, result: StepResult, weights: dict[str, float], steps: int, done: bool) -> None:
+        """Phase end: reward-set loss, then the selector observes and the trace grows."""
+        st = self.state
+        t0 = time.perf_counter()
+        mean_losses = st.phase.mean_losses()
+        after = self._reward_set_loss()
+        # the state at the next decision: this phase's last batch, from the step's own forward
+        nxt = PhaseState(teacher_cls=result.teacher_cls, student_cls=result.student_cls, losses=mean_losses,
+                         progress=(st.step + 1) / steps, step=st.step + 1)
+        record = st.selector.observe(PhaseOutcome(st.phase.reward, after, mean_losses, nxt, done))
+        for kind in st.selector.pool:
+            st.traces.append({
+                "step": st.counters.steps, "phase": record.phase, "episode": -1 if self.final else st.segment,
+                "knowledge": kind, "weight": float(weights.get(kind, 0.0)), "reward": float(record.reward),
+                "q_value": float(record.q_value), "reward_set_loss": float(record.reward_set_loss),
+            })
+        st.phase = Phase(reward=after, losses=mean_losses, next_state=None if done else replace(nxt))
+        st.counters.selector_seconds += time.perf_counter() - t0
+
+    def _reward_set_loss(self) -> float:
+        rs = self.setup.reward_set
+        return math.nan if rs is None else rs.loss(self.state.student, self.setup.spec.is_regression)
+
+    def _evaluate(self, done: bool) -> dict[str, Any] | None:
+        """Dev evaluation of the final run when due (its end, ``eval_every`` steps, or each epoch); the metrics."""
+        st, setup, tc = self.state, self.setup, self.setup.config.train
+        step, per_epoch = st.step, setup.order.per_epoch
+        due = done or (tc.eval_every and step % tc.eval_every == 0) or (tc.eval_every is None and step % per_epoch == 0)
+        if not due:
+            return None
+        ev = evaluate(setup.config.task, st.student, setup.data.dev, setup.collate, tc.eval_batch_size, setup.device,
+                      setup.rank, setup.world)
+        train_loss = st.window.take()
+        if setup.world > 1:
+            t = torch.tensor([train_loss], device=setup.device)
+            torch_dist.all_reduce(t)
+            train_loss = float(t) / setup.world
+        st.last_eval = LastEval(step, ev.score, ev.metrics)
+        return {"step": step, "epoch": step / per_epoch, "dev_score": ev.score, **ev.metrics, "train_loss": train_loss}
+
+
+def _agree(weights: dict[str, float], world: int) -> dict[str, float]:
+    """All ranks use rank 0's decision (selectors see rank-local batches)."""
+    if world == 1:
+        return dict(weights)
+    box = [weights]
+    torch_dist.broadcast_object_list(box, src=0)
+    return dict(box[0])
+
+
+def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
