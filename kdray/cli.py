@@ -86,6 +86,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from kdray.export import export_best
+
+    row = export_best(args.results_dir, args.task, args.out)
+    print(f"[kdray] exported {row['trial_id']} ({row['method']}, dev_score={row['dev_score']:.4f}) to {args.out}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from kdray.bench import run_bench
 
@@ -187,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", default=None, help="write PNG plots into this folder")
     p.add_argument("--out", default=None, help="write the table to this file instead of stdout")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("export", help="copy a sweep's best student of a task (a transformers folder) out")
+    p.add_argument("results_dir", help="the sweep folder (holding trials.parquet and students/)")
+    p.add_argument("--task", required=True, choices=GLUE_TASKS)
+    p.add_argument("--out", required=True, help="a new (or empty) folder to copy the student into")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("tasks", help="the GLUE tasks, their metrics and local row counts")
     p.add_argument("--data-dir", default=None, help="official GLUE TSV folder (default: $KDRAY_GLUE_DIR)")

@@ -142,7 +142,6 @@ def run_loop(job: LoopJob, rank: int, report_fn: Callable[..., None], checkpoint
     from kdray.distill import train
 
     ckpt_dir = Path(job.run.output_dir) / "checkpoint"
-    seen: dict[str, float | None] = {"mtime": None}
 
     def report(metrics: dict[str, Any]) -> None:
         # Metrics are all-reduced by the loop, so every rank takes the same branch here.
@@ -151,10 +150,11 @@ def run_loop(job: LoopJob, rank: int, report_fn: Callable[..., None], checkpoint
             raise FloatingPointError(f"non-finite metrics at step {metrics.get('step')}: {bad}")
         checkpoint = None
         path = ckpt_dir / "checkpoint.pt"
-        if rank == 0 and path.is_file() and path.stat().st_mtime != seen["mtime"]:
-            seen["mtime"] = path.stat().st_mtime  # upload a checkpoint only when the loop wrote a new one
+        if rank == 0 and path.is_file():  # the loop wrote a new one since the last report
             checkpoint = checkpoint_cls.from_directory(str(ckpt_dir))
         report_fn(_floats(metrics), checkpoint=checkpoint)
+        if checkpoint is not None:  # Tune persisted its copy during the report: store each checkpoint once
+            path.unlink(missing_ok=True)
 
     t0 = time.perf_counter()
     with resume.as_directory() if resume is not None else contextlib.nullcontext() as resume_dir:
