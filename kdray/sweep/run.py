@@ -26,12 +26,14 @@ from kdray.config import ConfigError, RunConfig, SweepConfig, load_sweep_config,
 from kdray.io import LockHeld, clean_stale_temps, locked, try_locked
 from kdray.sweep import reaper
 from kdray.sweep.expansion import Trial, describe, expand_grid, resolve_paths, tune_space
+from kdray.sweep.loggers import check_logging, logger_callbacks
 from kdray.sweep.preflight import check_inputs, check_writable_folder, sweep_folder
 from kdray.sweep.ray_start import RayStartError, join, start_local
 from kdray.sweep.recorder import backfill, make_recorder
 from kdray.sweep.resources import QUIET_ENV, max_concurrent_trials, tune_resources
 from kdray.sweep.teachers import teacher_root, teacher_stage
 from kdray.sweep.trial import ERROR_KEY, TrialContext, trial_fn
+from kdray.tblog import tensorboard_command
 
 SWEEP_LOCK = ".sweep.lock"  # held by the one driver of a sweep, fresh or resumed
 
@@ -70,6 +72,7 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
         sweep = load_sweep(space_path, overrides, name, num_samples)
         trials = expand_grid(sweep, str(space_path)) if sweep.search.mode == "grid" else None
         preflight(sweep, trials, storage, is_uri, resume or teachers_only)
+        check_logging(sweep)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return 2
@@ -190,6 +193,7 @@ def _run_tuners(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is
     teachers = teacher_stage(sweep, stage_runs(sweep, trials), root, local=address is None)
     trials_dir = (f"{sweep_dir}/trials" if not is_uri
                   else str(Path(tempfile.gettempdir()) / "kdray_trials" / sweep.name))
+    print(f"[kdray] watch it: {tensorboard_command(Path(trials_dir).parent)}", flush=True)
     failed = 0
     for task in [None] if trials is not None else sweep.tasks:
         ctx = TrialContext(sweep, task, {t.key: t for t in trials or []}, teachers, root, trials_dir,
@@ -217,7 +221,8 @@ def _run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, r
             trainable, param_space=param_space, tune_config=tune_config,
             run_config=tune.RunConfig(
                 name=tuner_name, storage_path=sweep_dir,
-                callbacks=[make_recorder(local_dir, ctx, sweep_dir if "://" in sweep_dir else None)],
+                callbacks=[make_recorder(local_dir, ctx, sweep_dir if "://" in sweep_dir else None),
+                           *logger_callbacks(sweep)],
                 # a trial whose process or node died restarts from its last checkpoint (attempts counts them)
                 failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from kdray.config import ConfigError, RunConfig, SweepConfig, validate
 from kdray.results import recorded_score
+from kdray.tblog import trial_logdir
 from kdray.sweep.expansion import Trial, optuna_trial
 from kdray.sweep.teachers import teacher_folder, teacher_id
 
@@ -83,7 +84,8 @@ def trial_fn(config: dict[str, Any], ctx: TrialContext) -> None:
     if recorded is not None:  # finished before the driver died, after Tune's last state save: do not re-run
         tune.report({"dev_score": recorded, "train_seconds": math.nan, RECORDED_KEY: 1})
         return
-    run = trial.run.with_output(str(Path(ctx.trials_dir) / trial.key), progress=False)
+    run = trial.run.with_output(str(Path(ctx.trials_dir) / trial.key), progress=False,
+                                tensorboard_dir=str(trial_logdir(Path(ctx.trials_dir).parent, trial.key)))
     # a searched teacher/data setting has no teacher from the stage: fine-tune (or reuse) it here, under the lock
     teacher_path = ctx.teachers.get(teacher_id(run)) or teacher_folder(run, ctx.teacher_root)
     job = LoopJob(trial.key, run, teacher_path)
