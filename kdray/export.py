@@ -7,12 +7,13 @@ best student per task (:mod:`kdray.sweep.recorder`); :func:`export_best` copies 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from kdray.io import atomic_folder
 from kdray.records import RunResult
@@ -32,8 +33,8 @@ def save_student(student: Any, tokenizer: Any, folder: str | Path, record: RunRe
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)  # atomic_folder keeps an existing folder; a new run's student replaces the old one
-    with atomic_folder(folder) as tmp:
-        student.save_pretrained(tmp, safe_serialization=True)
+    with atomic_folder(folder) as tmp, _no_progress_bar():
+        student.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if run_config is not None:
             import yaml
@@ -41,6 +42,20 @@ def save_student(student: Any, tokenizer: Any, folder: str | Path, record: RunRe
             (tmp / RUN_CONFIG).write_text(yaml.safe_dump(run_config.model_dump(mode="json"), sort_keys=False))
         (tmp / CARD).write_text(model_card(record, commands))
     return folder
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """transformers' "Writing model shards" bar, one per trial in a sweep's log, is off while a student is saved."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def train_commands(record: RunResult, has_config: bool = True) -> list[str]:

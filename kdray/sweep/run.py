@@ -226,7 +226,9 @@ def _run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, r
                 # a trial whose process or node died restarts from its last checkpoint (attempts counts them)
                 failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=1),
+                # Tune's status tables and per-result boxes (~40 lines a trial) are off: the recorder prints one
+                # line per ended trial and _summary the totals; Tune's own tensorboard line named the wrong folder
+                verbose=0),
         )
     grid = tuner.fit()
     backfill(local_dir, ctx, grid, sweep_dir if "://" in sweep_dir else None)

@@ -9,6 +9,7 @@ report carries the :class:`~kdray.records.RunResult` as JSON (Tune metrics must 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -143,6 +144,7 @@ def run_loop(job: LoopJob, rank: int, report_fn: Callable[..., None], checkpoint
     """
     from kdray.distill import train
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created" at every report
     ckpt_dir = Path(job.run.output_dir) / "checkpoint"
 
     def report(metrics: dict[str, Any]) -> None:
