@@ -92,6 +92,7 @@ def load_sweep(space_path: str, overrides: dict[str, Any] | None, name: str | No
                num_samples: int | None) -> SweepConfig:
     """The validated sweep with the command line's name and sample count, its paths made absolute."""
     sweep = load_sweep_config(space_path, overrides)
+    refuse_searched_overrides(sweep, overrides or {}, space_path)
     if num_samples is not None:
         if num_samples < 1:
             raise ConfigError(f"--num-samples {num_samples}: must be >= 1")
@@ -102,6 +103,16 @@ def load_sweep(space_path: str, overrides: dict[str, Any] | None, name: str | No
         raise ConfigError(f"{space_path}: search.scheduler.type: asha needs one objective; "
                           f"set search.multi_objective: false or scheduler type none")
     return resolve_paths(sweep, Path(space_path).resolve().parent)
+
+
+def refuse_searched_overrides(sweep: SweepConfig, overrides: dict[str, Any], space_path: str) -> None:
+    """``--set`` of a key the space also searches would be silently overridden by every trial: refuse it."""
+    searched = set(sweep.search.space)
+    for key in overrides:
+        for other in searched:  # selector.name vs a searched `selector` (or the reverse) clash too
+            if key == other or key.startswith(other + ".") or other.startswith(key + "."):
+                raise ConfigError(f"--set {key}: {space_path} searches {other} (search.space), so every trial "
+                                  f"sets it; change the space file's values instead")
 
 
 def preflight(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, resume: bool) -> None:
