@@ -14,9 +14,9 @@ from typing import Any
 
 from kdray import results
 from kdray.checkpoint import load as load_checkpoint
+from kdray.config import ConfigError, RunConfig
 from kdray.export import STUDENT_FOLDER, keep_best_student
 from kdray.io import atomic_torch_save
-from kdray.config import ConfigError, RunConfig
 from kdray.records import RunResult
 from kdray.registry import method_name
 from kdray.sweep.expansion import tune_identity

@@ -18,9 +18,9 @@ from typing import Any, Callable
 
 from kdray.config import ConfigError, RunConfig, SweepConfig, validate
 from kdray.results import recorded_score
-from kdray.tblog import trial_logdir
 from kdray.sweep.expansion import Trial, optuna_trial
 from kdray.sweep.teachers import teacher_folder, teacher_id
+from kdray.tblog import trial_logdir
 
 RECORD_KEY = "kdray_record"  # last report of a trial: the RunResult as JSON (with traces)
 ERROR_KEY = "kdray_error"
