@@ -28,8 +28,9 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
         counts = row.get("local_rows") or {}
         local = ", ".join(f"{split}={n}" for split, n in counts.items()) or "-"
         print(f"{row['name']:<6} {'/'.join(row['metrics']):<34} {', '.join(row['splits']):<48} {local}")
-    print(f"local GLUE folder: {folder}" if folder else
-          f"no local GLUE folder (looked in: {', '.join(tried)}); pass --data-dir or set $KDRAY_GLUE_DIR")
+    print(f"local GLUE folder: {folder}" if folder else  # stderr: stdout stays the table
+          f"no local GLUE folder (looked in: {', '.join(tried)}); pass --data-dir or set $KDRAY_GLUE_DIR",
+          file=sys.stderr)
     return 0
 
 
