@@ -7,23 +7,30 @@ Heavy imports (torch, ray, transformers) happen inside each command so that
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
+from kdray import __version__
 from kdray.config import GLUE_TASKS, ConfigError
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from kdray.glue import describe_tasks
+    from kdray.glue.catalog import describe_tasks, find_glue_dir
 
-    rows = describe_tasks(args.data_dir)
+    folder, tried = find_glue_dir(args.data_dir)
+    rows = describe_tasks(folder)
     print(f"{'task':<6} {'metrics':<34} {'splits':<48} local rows")
     for row in rows:
         counts = row.get("local_rows") or {}
         local = ", ".join(f"{split}={n}" for split, n in counts.items()) or "-"
         print(f"{row['name']:<6} {'/'.join(row['metrics']):<34} {', '.join(row['splits']):<48} {local}")
+    print(f"local GLUE folder: {folder}" if folder else  # stderr: stdout stays the table
+          f"no local GLUE folder (looked in: {', '.join(tried)}); pass --data-dir or set $KDRAY_GLUE_DIR",
+          file=sys.stderr)
     return 0
 
 
@@ -52,6 +59,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = load_run_config(args.config, overrides)
     if args.output_dir:
         config = config.with_output(args.output_dir)
+    if not config.train.progress:  # no bar: say that the run started, and where it writes
+        print(f"[kdray] training {config.task} with {config.selector.name} into {config.output_dir}", flush=True)
     result = train(config, teacher_path=args.teacher)
     print(json.dumps({"task": result.task, "method": result.method, "dev_score": result.dev_score,
                       "dev_metrics": result.dev_metrics, "train_seconds": round(result.train_seconds, 1),
@@ -86,10 +95,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from kdray.export import export_best
+
+    row = export_best(args.results_dir, args.task, args.out)
+    print(f"[kdray] exported {row['trial_id']} ({row['method']}, dev_score={row['dev_score']:.4f}) to {args.out}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from kdray.bench import run_bench
 
-    return run_bench(quick=args.quick, out_dir=args.out, device=args.device)
+    out = args.out or str(_scratch("bench"))
+    print(f"[kdray] bench writes to {out}", flush=True)
+    return run_bench(quick=args.quick, out_dir=out, device=args.device)
 
 
 def _cmd_reward_noise(args: argparse.Namespace) -> int:
@@ -97,9 +116,18 @@ def _cmd_reward_noise(args: argparse.Namespace) -> int:
     from kdray.reward_noise import run
 
     data = DataConfig(source=args.source, dir=args.data_dir, max_train_samples=args.max_train_samples)
-    run(args.tasks, args.out, model=args.model, student_layers=args.student_layers, steps=args.steps,
+    out = args.out or str(_scratch("reward_noise"))
+    print(f"[kdray] reward-noise writes to {out}", flush=True)
+    run(args.tasks, out, model=args.model, student_layers=args.student_layers, steps=args.steps,
         phase_steps=args.phase_steps, max_seq_length=args.max_seq_length, data=data)
     return 0
+
+
+def _scratch(name: str) -> Path:
+    """Default output of the measurement commands: under kdray's cache, never the committed results/ folder."""
+    from kdray.paths import cache_root
+
+    return cache_root() / name
 
 
 def _parse_override(text: str) -> tuple[str, object]:
@@ -136,14 +164,27 @@ def _describe(err: BaseException) -> str:
     return str(err)
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except where the help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False) or "(default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdray",
         description="Knowledge distillation sweeps on Ray with actor-critic knowledge selection.",
+        formatter_class=_DefaultsFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"kdray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    add = functools.partial(sub.add_parser, formatter_class=_DefaultsFormatter)
 
-    p = sub.add_parser("sweep", help="run a search space on local Ray or a cluster")
+    p = add("sweep", help="run a search space on local Ray or a cluster")
     p.add_argument("space", help="search-space YAML, e.g. search_spaces/smoke.yaml")
     p.add_argument("--address", default=None, help="Ray address: 'auto' or ray://host:port (default: local Ray)")
     p.add_argument("--storage", default=None, help="results root: a path or URI (s3://, gs://, NFS path)")
@@ -158,58 +199,68 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune (or find) the sweep's teachers under --storage and stop (no Ray)")
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("train", help="one distillation run in-process (no Ray)")
+    p = add("train", help="one distillation run in-process (no Ray)")
     p.add_argument("config", help="run config YAML (the RunConfig keys)")
     p.add_argument("--teacher", default=None, help="folder of a fine-tuned teacher (default: fine-tune/cache one)")
     p.add_argument("--output-dir", default=None, help="override output_dir")
     p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config value")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("teacher", help="fine-tune and save a teacher")
+    p = add("teacher", help="fine-tune and save a teacher")
     p.add_argument("task", choices=GLUE_TASKS)
     p.add_argument("--model", default="minilm-l6", help="hub id, local folder or short name (minilm-l6, tiny-bert)")
     p.add_argument("--out", default=None, help="output folder (default: the teacher cache)")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--source", choices=["auto", "hub", "local"], default="auto")
+    p.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size")
+    p.add_argument("--lr", type=float, default=5e-5, help="learning rate")
+    p.add_argument("--seed", type=int, default=42, help="random seed")
+    p.add_argument("--max-seq-length", type=int, default=128, help="truncation length")
+    p.add_argument("--source", choices=["auto", "hub", "local"], default="auto", help="where GLUE comes from")
     p.add_argument("--data-dir", default=None, help="official GLUE TSV folder (default: $KDRAY_GLUE_DIR)")
     p.add_argument("--max-train-samples", type=int, default=None)
     p.add_argument("--max-eval-samples", type=int, default=None)
     p.set_defaults(func=_cmd_teacher)
 
-    p = sub.add_parser("report", help="paper-style tables and plots from a sweep's Parquet files")
+    p = add("report", help="paper-style tables and plots from a sweep's Parquet files")
     p.add_argument("results_dir")
-    p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
-    p.add_argument("--by", choices=["method", "pool", "phase_steps", "reward", "action"], default="method")
+    p.add_argument("--format", choices=["md", "latex", "csv"], default="md", help="table format")
+    p.add_argument("--by", choices=["method", "pool", "phase_steps", "reward", "action"], default="method",
+                   help="what the table compares")
     p.add_argument("--plots", default=None, help="write PNG plots into this folder")
     p.add_argument("--out", default=None, help="write the table to this file instead of stdout")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("tasks", help="the GLUE tasks, their metrics and local row counts")
-    p.add_argument("--data-dir", default=None, help="official GLUE TSV folder (default: $KDRAY_GLUE_DIR)")
+    p = add("export", help="copy a sweep's best student of a task (a transformers folder) out")
+    p.add_argument("results_dir", help="the sweep folder (holding trials.parquet and students/)")
+    p.add_argument("--task", required=True, choices=GLUE_TASKS)
+    p.add_argument("--out", required=True, help="a new (or empty) folder to copy the student into")
+    p.set_defaults(func=_cmd_export)
+
+    p = add("tasks", help="the GLUE tasks, their metrics and local row counts")
+    p.add_argument("--data-dir", default=None,
+                   help="official GLUE TSV folder (default: $KDRAY_GLUE_DIR, else ../shared/glue)")
     p.set_defaults(func=_cmd_tasks)
 
-    p = sub.add_parser("bench", help="time the training step, selector, caches, data loading and Ray overhead")
+    p = add("bench", help="time the training step, selector, caches, data loading and Ray overhead")
     p.add_argument("--quick", action="store_true", help="small sizes; fails when a ratio target is missed")
-    p.add_argument("--out", default="results/bench", help="folder for bench.parquet and bench.md")
+    p.add_argument("--out", default=None,
+                   help="folder for bench.parquet and bench.md (default: <kdray cache>/bench, e.g. ~/.cache/kdray)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where steps are timed (auto: a GPU when torch sees one)")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("reward-noise", help="how the reward's noise and cost depend on the reward-set size (real data)")
+    p = add("reward-noise", help="how the reward's noise and cost depend on the reward-set size (real data)")
     p.add_argument("tasks", nargs="+", choices=GLUE_TASKS)
     p.add_argument("--model", default="minilm-l6", help="the student's source model (short name, folder or hub id)")
-    p.add_argument("--student-layers", type=int, default=3)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--phase-steps", type=int, default=20)
-    p.add_argument("--max-seq-length", type=int, default=64)
-    p.add_argument("--source", choices=["auto", "hub", "local"], default="auto")
+    p.add_argument("--student-layers", type=int, default=3, help="student encoder layers")
+    p.add_argument("--steps", type=int, default=400, help="training steps")
+    p.add_argument("--phase-steps", type=int, default=20, help="steps per selection phase")
+    p.add_argument("--max-seq-length", type=int, default=64, help="truncation length")
+    p.add_argument("--source", choices=["auto", "hub", "local"], default="auto", help="where GLUE comes from")
     p.add_argument("--data-dir", default=None, help="official GLUE TSV folder (default: $KDRAY_GLUE_DIR)")
     p.add_argument("--max-train-samples", type=int, default=None)
-    p.add_argument("--out", default="results/reward_noise", help="folder for reward_noise.parquet and .md")
+    p.add_argument("--out", default=None,
+                   help="folder for reward_noise.parquet and .md (default: <kdray cache>/reward_noise)")
     p.set_defaults(func=_cmd_reward_noise)
     return parser
 

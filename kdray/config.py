@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from kdray.config_paths import ConfigError, StrictModel, apply_overrides, check_names, format_errors
-from kdray.config_search import Distribution, SearchConfig, candidate_values
+from kdray.config_search import Distribution, LoggingConfig, SearchConfig, candidate_values
 
 from kdray import registry
 from kdray.config_selector import (  # noqa: F401  (re-exported: the selector's sections)
@@ -187,6 +187,7 @@ class RunConfig(_RunSections):
 
     task: str = "rte"
     output_dir: str = "runs/train"
+    tensorboard_dir: str | None = None  # TensorBoard event files of this run (a sweep sets one per trial)
 
     @field_validator("task")
     @classmethod
@@ -204,9 +205,13 @@ class RunConfig(_RunSections):
                 raise ValueError(f"selector.weights names kinds {outside} that are not in knowledge.pool")
         return self
 
-    def with_output(self, output_dir: str, progress: bool | None = None) -> "RunConfig":
-        """A copy that writes under ``output_dir`` (with the progress bar on or off); this one stays as it is."""
+    def with_output(self, output_dir: str, progress: bool | None = None,
+                    tensorboard_dir: str | None = None) -> "RunConfig":
+        """A copy that writes under ``output_dir`` (with the progress bar on or off, and TensorBoard event files
+        in ``tensorboard_dir`` when given); this one stays as it is."""
         update: dict[str, Any] = {"output_dir": output_dir}
+        if tensorboard_dir is not None:
+            update["tensorboard_dir"] = tensorboard_dir
         if progress is not None:
             update["train"] = self.train.model_copy(update={"progress": progress})
         return self.model_copy(update=update, deep=True)
@@ -224,6 +229,7 @@ class SweepConfig(_RunSections):
     # GLUE practice differs per task (length, subsample), and one sweep still holds the whole table.
     task_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @field_validator("name")
     @classmethod

@@ -78,3 +78,15 @@ class SearchConfig(StrictModel):
     # restarts a DDP trial's workers the same way). A trial that raises (NaN loss, a bad setting) is not
     # retried: it is recorded as ERROR at once.
     max_failures: int = Field(default=2, ge=0, le=100)
+
+
+class LoggingConfig(StrictModel):
+    """The sweep's ``logging:`` section: where trials' metrics go besides trials.parquet.
+
+    TensorBoard event files (per trial, at every phase) are always written; ``wandb`` and ``mlflow`` add Ray
+    Tune's ``WandbLoggerCallback`` / ``MLflowLoggerCallback`` with these keyword arguments (e.g.
+    ``{project: kd}`` or ``{tracking_uri: file:./mlruns, experiment_name: kd}``); the package must be installed.
+    """
+
+    wandb: dict[str, Any] | None = None
+    mlflow: dict[str, Any] | None = None

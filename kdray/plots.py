@@ -31,7 +31,8 @@ def searched_columns(trials: pd.DataFrame) -> list[str]:
 
 
 def _joined(traces: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    ok = trials[trials["status"] != "ERROR"][["trial_id", "task", "method", "seed"]]
+    keep = ["trial_id", "task", "method", "seed", *searched_columns(trials)]
+    ok = trials[trials["status"] != "ERROR"][keep]
     return traces.merge(ok, on="trial_id", how="inner")
 
 
@@ -51,28 +52,42 @@ def _steps_from_run_start(g: pd.DataFrame) -> pd.DataFrame:
     return g
 
 
+# searched keys that the method name (or the seed average) already accounts for
+_NOT_A_SETTING = {"selector.name", "selector.action", "train.seed"}
+
+
+def setting_panels(g: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """``g`` split by the searched values that vary inside it (phase length, pool, ...): one (label, rows) each,
+    so a curve averages seeds of one setting only; one ("", g) when nothing else varies."""
+    cols = [c for c in g.columns if "." in c and c not in _NOT_A_SETTING and g[c].astype(str).nunique() > 1]
+    if not cols:
+        return [("", g)]
+    keyed = g.assign(_setting=g[cols].astype(str).agg(lambda r: ", ".join(f"{c}={v}" for c, v in zip(cols, r)),
+                                                      axis=1))
+    return [(str(label), rows.drop(columns="_setting")) for label, rows in keyed.groupby("_setting")]
+
+
 def plot_weights(trials: pd.DataFrame, traces: pd.DataFrame, out: Path) -> list[Path]:
-    """Per task and varying selector: mean (over seeds) weight of each kind against the step."""
+    """Per task and varying selector: mean (over seeds) weight of each kind against the step, with a band of one
+    standard deviation over the seeds; one panel per searched setting (phase length, pool, ...), never averaged
+    across settings."""
     written: list[Path] = []
     df = _joined(traces, trials)
-    for (task, method), g in df.groupby(["task", "method"]):
-        if g.groupby("knowledge")["weight"].nunique().max() <= 1:  # static selectors: nothing to show
+    for (task, method), group in df.groupby(["task", "method"]):
+        if group.groupby("knowledge")["weight"].nunique().max() <= 1:  # static selectors: nothing to show
             continue
-        stage = 2 if (g["stage"] == 2).any() else 1  # the final run; stage-1 episodes only when that is all
-        g = _steps_from_run_start(g[g["stage"] == stage])
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-        for kind, gk in g.groupby("knowledge"):
-            curve = gk.groupby("step")["weight"].agg(["mean", "std", "count"]).sort_index()
-            ax.plot(curve.index, curve["mean"], marker="o", markersize=3, label=str(kind))
-            band = curve["std"].fillna(0.0)
-            ax.fill_between(curve.index, curve["mean"] - band, curve["mean"] + band, alpha=0.15)
-        n_seeds = g["seed"].nunique()
-        ax.set(title=f"{task}: {method_label(method)} selected weights "
-                     f"({'final run' if stage == 2 else 'stage-1 episodes'}, mean over {n_seeds} seed(s))",
-               xlabel="training step", ylabel="weight", ylim=(-0.05, 1.05))
-        ax.title.set_fontsize(9)
-        ax.legend(fontsize=8, loc="best")
-        ax.grid(alpha=0.3)
+        stage = 2 if (group["stage"] == 2).any() else 1  # the final run; stage-1 episodes only when that is all
+        panels = setting_panels(_steps_from_run_start(group[group["stage"] == stage]))
+        cols = min(3, len(panels))
+        rows = math.ceil(len(panels) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(7 if cols == 1 else 4.5 * cols, 4 if rows == 1 else 3.2 * rows),
+                                 dpi=100, squeeze=False, sharey=True)
+        for ax, (setting, g) in zip(axes.flat, panels):
+            _weights_panel(ax, g, setting, stage)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        fig.suptitle(f"{task}: {method_label(str(method))} selected weights "
+                     f"({'final run' if stage == 2 else 'stage-1 episodes'})", fontsize=10)
         path = out / f"weights_{_safe(str(task))}_{_safe(str(method))}.png"
         fig.tight_layout()
         fig.savefig(path)
@@ -81,19 +96,46 @@ def plot_weights(trials: pd.DataFrame, traces: pd.DataFrame, out: Path) -> list[
     return written
 
 
-def plot_reward_set_loss(trials: pd.DataFrame, traces: pd.DataFrame, out: Path) -> list[Path]:
-    """Per task: reward-set loss at each phase end, one line per method (final run, mean over seeds)."""
-    written: list[Path] = []
+def _weights_panel(ax: Any, g: pd.DataFrame, setting: str, stage: int) -> None:
+    """One setting's curves: mean weight per kind over its runs, shaded ±1 std (labelled with the run count)."""
+    n_seeds, n_runs = g["seed"].nunique(), g["trial_id"].nunique()
+    runs = f"{n_seeds} seed(s)" + (f", {n_runs} runs" if n_runs != n_seeds else "")
+    for i, (kind, gk) in enumerate(g.groupby("knowledge")):
+        curve = gk.groupby("step")["weight"].agg(["mean", "std"]).sort_index()
+        line, = ax.plot(curve.index, curve["mean"], marker="o", markersize=3, label=str(kind))
+        band = curve["std"].fillna(0.0)
+        ax.fill_between(curve.index, curve["mean"] - band, curve["mean"] + band, alpha=0.15, color=line.get_color(),
+                        label=f"±1 std over {runs}" if i == 0 and n_runs > 1 else None)
+    ax.set(title=f"{setting + ': ' if setting else ''}mean over {runs}", ylim=(-0.05, 1.05), ylabel="weight",
+           xlabel="step of the final run" if stage == 2 else "step of the episode")
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+
+
+def reward_set_loss_curves(trials: pd.DataFrame, traces: pd.DataFrame) -> dict[str, dict[str, tuple[pd.Series, int]]]:
+    """task -> method -> (mean reward-set loss by step of the final run, number of runs averaged)."""
     df = _joined(traces, trials)
     df = df[df["reward_set_loss"].notna()]
+    out: dict[str, dict[str, tuple[pd.Series, int]]] = {}
     for task, g in df.groupby("task"):
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
         for method, gm in sorted(g.groupby("method"), key=lambda kv: str(kv[0])):
             stage = 2 if (gm["stage"] == 2).any() else 1
             per_phase = gm[gm["stage"] == stage].drop_duplicates(["trial_id", "stage", "episode", "step"])
-            curve = per_phase.groupby("step")["reward_set_loss"].mean().sort_index()
-            ax.plot(curve.index, curve.values, marker=".", label=method_label(method))
-        ax.set(title=f"{task}: reward-set loss per phase (mean over seeds)", xlabel="training step",
+            curve = _steps_from_run_start(per_phase).groupby("step")["reward_set_loss"].mean().sort_index()
+            out.setdefault(str(task), {})[str(method)] = (curve, per_phase["trial_id"].nunique())
+    return out
+
+
+def plot_reward_set_loss(trials: pd.DataFrame, traces: pd.DataFrame, out: Path) -> list[Path]:
+    """Per task: reward-set loss at each phase end, one line per method, every method's final run on one x axis
+    (steps from that run's start: actor-critic's stage-1 episodes do not shift its curve)."""
+    written: list[Path] = []
+    for task, curves in reward_set_loss_curves(trials, traces).items():
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        for method, (curve, n) in curves.items():
+            ax.plot(curve.index, curve.values, marker=".", label=f"{method_label(method)} (mean of {n} runs)")
+        ax.set(title=f"{task}: reward-set loss per phase (final run)", xlabel="step of the final run",
                ylabel="reward-set cross-entropy")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

@@ -206,9 +206,10 @@ def _escape_latex(s: str) -> str:
     return s
 
 
-def _footnotes(trials: pd.DataFrame, cells: dict) -> list[str]:
+def _footnotes(trials: pd.DataFrame, cells: dict, fmt: str = "md") -> list[str]:
+    bold = "" if fmt == "csv" else "; best non-teacher value in bold"  # a CSV cell has no bold
     notes = ["Dev-set scores ×100, mean ± sample std over seeds (± is the std of the task score, the mean "
-             "of the metrics shown); (n=k) marks fewer than 3 seeds; best non-teacher value in bold."]
+             f"of the metrics shown); (n=k) marks fewer than 3 seeds{bold}."]
     notes.append("Avg: mean of the task scores (GLUE convention), only for rows covering every task; "
                  "Retention: Avg / Teacher Avg. Teacher: its task score only, one per distinct teacher.")
     errors = trials[trials["status"] == "ERROR"]
@@ -242,7 +243,7 @@ def _render_table(trials: pd.DataFrame, fmt: str, by: str) -> str:
         line.append(("–" if math.isnan(avg) else f"{avg:.1f}", "", key in best_avg))
         line.append(("–" if math.isnan(ret) or key[0] == TEACHER else f"{ret:.1f}", "", key in best_ret))
         body.append(line)
-    notes = _footnotes(trials, cells)
+    notes = _footnotes(trials, cells, fmt)
     title = "Main results" if by == "method" else f"Ablation by {GROUPERS[by][0].lower()}"
     if fmt == "md":
         def md(c: tuple[str, str, bool]) -> str:

@@ -38,7 +38,8 @@ REWARD_SHAPING_TYPE = pa.struct([
 
 # One column per field of kdray.records.RunResult, plus the trial's identity and status. The one field left out,
 # ``traces`` (per kind per phase), goes to traces.parquet row by row instead (TRACE_SCHEMA). Columns added
-# later (selector_seconds, final_steps, mean_step_seconds, teacher_cache, attempts) are null in rows of older files.
+# later (selector_seconds, final_steps, mean_step_seconds, teacher_cache, attempts,
+# student_path) are null in rows of older files.
 DROPPED_RESULT_FIELDS = {"traces": "stored row by row in traces.parquet"}
 TRIAL_SCHEMA = pa.schema([
     ("sweep", pa.string()),
@@ -67,6 +68,7 @@ TRIAL_SCHEMA = pa.schema([
     ("mean_step_seconds", pa.float64()),
     ("teacher_cache", pa.bool_()),
     ("attempts", pa.int64()),  # times Tune started the trial: 1 + retries after its process or node died
+    ("student_path", pa.string()),  # the saved student (save_pretrained) when it was the task's best so far
     ("started_at", pa.timestamp("us", tz="UTC")),
     ("finished_at", pa.timestamp("us", tz="UTC")),
 ])
@@ -112,6 +114,7 @@ def trial_row(
     started_at: Any = None,
     finished_at: Any = None,
     attempts: int | None = None,
+    student_path: str | None = None,
 ) -> dict[str, Any]:
     """One trials.parquet row from a trial's RunResult (or, for a failed or stopped trial, the fields known of it).
 
@@ -120,7 +123,8 @@ def trial_row(
     res = _result_fields(result)
     row: dict[str, Any] = {name: res.get(name) for name in TRIAL_COLUMNS}
     row.update(sweep=sweep, trial_id=str(trial_id), status=status, error=error,
-               started_at=started_at, finished_at=finished_at, attempts=attempts)
+               started_at=started_at, finished_at=finished_at, attempts=attempts,
+               student_path=student_path)
     for key, value in (searched or {}).items():
         if key in TRIAL_COLUMNS:
             raise ValueError(f"searched parameter {key!r} collides with a fixed trials column")
@@ -276,6 +280,17 @@ def recorded_score(sweep_dir: str, trial_id: str) -> float | None:
         if row["trial_id"] == trial_id and row["status"] in ("TERMINATED", "ERROR"):
             return float(row["dev_score"]) if row["dev_score"] is not None else math.nan
     return None
+
+
+def kept_student(sweep_dir: str | Path, task: str) -> dict[str, Any] | None:
+    """The row (``student_path``, ``dev_score``) of ``task``'s kept student: a recorded student folder that still
+    exists (the recorder deletes the folders of students a better one replaced); None when there is none."""
+    path = Path(sweep_dir) / TRIALS_FILE
+    if not path.is_file() or "student_path" not in pq.read_schema(path).names:
+        return None
+    rows = pq.read_table(path, columns=["task", "student_path", "dev_score"]).to_pylist()
+    alive = [r for r in rows if r["task"] == task and r["student_path"] and Path(r["student_path"]).is_dir()]
+    return alive[-1] if alive else None
 
 
 def recorded_ids(sweep_dir: str | Path) -> list[str]:

@@ -38,3 +38,10 @@ def test_every_documented_subcommand_exists() -> None:
     subparsers = next(a for a in build_parser()._actions if a.dest == "command")
     assert {"sweep", "train", "teacher", "report", "tasks", "bench"} <= documented
     assert documented <= set(subparsers.choices), documented - set(subparsers.choices)
+
+
+def test_readme_example_yaml_is_the_shipped_glue_space() -> None:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Sweeps", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block and block.group(1) == (REPO / "search_spaces" / "glue.yaml").read_text()

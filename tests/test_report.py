@@ -123,6 +123,7 @@ def test_latex_and_csv(sweep: Path) -> None:
     assert df.loc["Finetune", "Avg"] == 74.7 or df.loc["Finetune", "Avg"] == "74.7"
     assert df.loc["Random-Soft", "RTE (acc)"] == "63.0 ± 1.4 (n=2)"
     assert "# 1 ERROR trial(s) excluded (AC-Soft/rte: 1)." in csv
+    assert "bold" not in csv and "bold" in render(sweep, fmt="md")  # CSV has no bold to point at
     assert "Selection" not in csv and r"% Selection (final run)" in tex and r"$\to$" in tex
 
 

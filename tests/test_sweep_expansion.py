@@ -161,3 +161,33 @@ def test_optuna_sample_becomes_a_typed_trial(tmp_path: Path) -> None:
     assert tune_identity(sweep, sample, "rte", "abc_00001") == (trial.key, "rte", trial.params)
     with pytest.raises(ConfigError, match="trial t-rte-abc_00002: train.lr: Input should be greater than 0"):
         optuna_trial(sweep, "rte", "abc_00002", {**sample, "train.lr": -1.0})  # validated once, where it is built
+
+
+def test_a_searched_key_the_selector_ignores_runs_once_under_its_first_key() -> None:
+    """baselines.yaml grids selector.action over selectors that ignore it: each such run happens once (126 -> 72
+    trials), under the key it always had, and both actions of actor_critic still run."""
+    from kdray.sweep.expansion import trial_key
+
+    sweep = load_sweep_config(REPO / "search_spaces" / "baselines.yaml")
+    trials = expand_grid(sweep)
+    assert len(trials) == 3 * 3 * (6 + 2)  # tasks x seeds x (6 selectors that ignore the action + AC soft/hard)
+    assert len({(t.task, t.seed, t.run.selector.name, t.run.selector.action if t.run.selector.name ==
+                 "actor_critic" else None) for t in trials}) == len(trials)
+    kept = [t for t in trials if t.run.selector.name == "pkd"]
+    assert {t.params["selector.action"] for t in kept} == {"soft"}  # the first value of the grid
+    for t in trials:  # keys are the ones the full product always gave
+        assert t.key == trial_key(sweep.name, t.task, t.seed, t.params, t.repeat)
+
+
+def test_set_on_a_searched_key_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "searched.yaml"
+    path.write_text(GOOD + "search:\n  space:\n    selector: {grid: [{name: pkd}, {name: all}]}\n"
+                    "    train.lr: {grid: [0.001, 0.01]}\n")
+    for key, value, searched in (("selector.name", "finetune", "selector"), ("train.lr", 0.1, "train.lr"),
+                                 ("train", {"lr": 0.1}, "train.lr")):
+        assert run_sweep(str(path), dry_run=True, overrides={key: value}) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--set {key}: " in err[0] and f"searches {searched} " in err[0], err
+    from kdray.sweep.run import load_sweep
+
+    assert load_sweep(str(path), {"train.batch_size": 8}, None, None).train.batch_size == 8  # not searched: applied

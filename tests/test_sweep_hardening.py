@@ -235,3 +235,23 @@ def test_job_env_vars_are_not_set_twice() -> None:
     del environ[JOB_CONFIG_VAR]
     assert driver_runtime_env(environ)["env_vars"]["TOKENIZERS_PARALLELISM"] == "false"  # no job: set it here
     assert driver_runtime_env({"PATH": "/bin"}) == {}
+
+
+def test_a_wrong_address_is_bounded_and_says_what_was_tried() -> None:
+    import socket
+    import time
+
+    from kdray.sweep.ray_start import join
+
+    with socket.socket() as s:  # a port nothing listens on: refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    called = []
+    with pytest.raises(RayStartError, match=f"--address 127.0.0.1:{port}: nothing answered on 127.0.0.1:{port}"):
+        join(f"127.0.0.1:{port}", init=lambda **kw: called.append(kw))
+    t0 = time.perf_counter()  # an address that never answers (TEST-NET-1, RFC 5737): bounded by the probe
+    with pytest.raises(RayStartError, match=r"ray://192.0.2.1:10001: nothing answered .* within 1 s.*default 10001"):
+        join("ray://192.0.2.1:10001", init=lambda **kw: called.append(kw), probe_seconds=1.0)
+    assert time.perf_counter() - t0 < 10 and not called  # ray.init never ran
+    join("auto", init=lambda **kw: called.append(kw))  # `auto` is Ray's to resolve
+    assert called and called[0]["address"] == "auto"

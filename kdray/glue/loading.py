@@ -7,18 +7,11 @@ from typing import Literal, Sequence
 
 import datasets
 
-from kdray.glue.local import count_rows, read_split, split_files
-from kdray.glue.tasks import TASKS, GlueDataError, TaskSpec, get_task
-from kdray.paths import glue_dir_from_env
+from kdray.glue.catalog import describe_tasks, resolve_data_dir  # noqa: F401  (re-exported)
+from kdray.glue.local import read_split, split_files
+from kdray.glue.tasks import GlueDataError, TaskSpec, get_task
 
 Source = Literal["auto", "hub", "local"]
-
-
-def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
-    """``data_dir`` if given, else ``$KDRAY_GLUE_DIR``, else None."""
-    if data_dir:
-        return Path(data_dir).expanduser()
-    return glue_dir_from_env()
 
 
 def load_task(
@@ -81,19 +74,3 @@ def _load_hub(spec: TaskSpec, splits: list[str], local_note: str = "") -> datase
             "Offline? Use data.source=local with data.dir (or $KDRAY_GLUE_DIR) pointing at the official GLUE TSV folder."
         ) from None
     return datasets.DatasetDict({split: loaded[split] for split in splits})
-
-
-def describe_tasks(data_dir: str | Path | None = None) -> list[dict[str, object]]:
-    """The nine tasks with metrics, splits and, where a local folder has them, row counts."""
-    folder = resolve_data_dir(data_dir)
-    rows: list[dict[str, object]] = []
-    for spec in TASKS.values():
-        counts: dict[str, int] = {}
-        if folder is not None:
-            for split, name in split_files(spec).items():
-                path = folder / spec.glue_dir / name
-                if path.is_file():
-                    counts[split] = count_rows(path)
-        rows.append({"name": spec.name, "metrics": list(spec.metrics), "splits": list(split_files(spec)),
-                     "local_rows": counts})
-    return rows

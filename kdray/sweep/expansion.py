@@ -15,6 +15,7 @@ from kdray.config import ConfigError, RunConfig, SweepConfig
 from kdray.config_paths import flatten_overrides
 from kdray.config_search import Distribution
 from kdray.io import short_hash
+from kdray.registry import method_name
 
 
 @dataclass(frozen=True)
@@ -77,16 +78,37 @@ def expand_grid(sweep: SweepConfig, source: str = "<sweep>") -> list[Trial]:
     keys = list(sweep.search.space)
     value_lists = [_grid_values(k, sweep.search.space[k], source) for k in keys]
     trials = []
+    seen: set[str] = set()
     for task in sweep.tasks:
         for combo in itertools.product(*value_lists):
             params = flatten_overrides(dict(zip(keys, combo)), RunConfig)
             for seed in sweep.train.seeds:
                 run = sweep.trial_run(task, {**params, "train.seed": seed},
                                       f"{source}: trial {task} seed={seed} {params}")
+                # the same run under another value of a key its selector ignores: run once, under the first
+                # combination's key (dropping the key from the hash would change every committed trial's key)
+                same = short_hash({"task": task, "seed": seed, "params": effective_params(params, run)}, 16)
+                if same in seen:
+                    continue
+                seen.add(same)
                 for repeat in range(sweep.search.num_samples):
                     key = trial_key(sweep.name, task, seed, params, repeat)
                     trials.append(Trial(key, task, seed, repeat, params, run))
     return trials
+
+
+def ignored_keys(run: RunConfig) -> set[str]:
+    """Searched keys that ``run``'s selector does not read: ``selector.action`` for selectors whose method is the
+    same for both actions (kdray.registry declares which methods an action tells apart)."""
+    sel = run.selector
+    reads_action = method_name(sel.name, "soft") != method_name(sel.name, "hard")
+    return set() if reads_action else {"selector.action"}
+
+
+def effective_params(params: dict[str, Any], run: RunConfig) -> dict[str, Any]:
+    """``params`` without the keys ``run``'s selector ignores: two trials equal here run the same."""
+    ignored = ignored_keys(run)
+    return {k: v for k, v in params.items() if k not in ignored}
 
 
 def _scalar(v: Any) -> bool:

@@ -107,9 +107,36 @@ def start_local(sweep: SweepConfig, init: Callable[..., Any] | None = None,
             print("[kdray] local Ray timed out during startup; retrying once", flush=True)
 
 
-def join(address: str, init: Callable[..., Any] | None = None) -> None:
-    """Join the cluster at ``address`` (``auto``, ``ray://host:port``, or ``host:port``)."""
+JOIN_PROBE_SECONDS = 10.0  # a wrong --address answers within this, instead of Ray's minutes of retries
+
+
+def join(address: str, init: Callable[..., Any] | None = None, probe_seconds: float = JOIN_PROBE_SECONDS) -> None:
+    """Join the cluster at ``address`` (``auto``, ``ray://host:port``, or ``host:port``).
+
+    An explicit ``host:port`` is first probed with one TCP connect bounded by ``probe_seconds``: a wrong address
+    is a :class:`RayStartError` naming what was tried, not a hang of several minutes inside ``ray.init``.
+    """
     import ray
 
+    probe_address(address, probe_seconds)
     (init or ray.init)(address=address, runtime_env=driver_runtime_env(), log_to_driver=True,
                        logging_level="WARNING")
+
+
+def probe_address(address: str, seconds: float) -> None:
+    """Raise :class:`RayStartError` when ``host:port`` (after an optional ``ray://``) takes no TCP connection."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return  # `auto` is found by Ray itself (RAY_ADDRESS or this machine's running head)
+    default = "10001 for ray://" if address.startswith("ray://") else "6379, the GCS"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=seconds):
+            return
+    except OSError as err:
+        raise RayStartError(
+            f"--address {address}: nothing answered on {host}:{port} within {seconds:.0f} s (tried a TCP connect: "
+            f"{err.strerror or err}); check the head's address and port (default {default}), that it is "
+            "running (`ray status` on the head), and that this machine can reach it") from None

@@ -13,16 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from kdray import results
+from kdray.checkpoint import load as load_checkpoint
 from kdray.config import ConfigError, RunConfig
+from kdray.export import STUDENT_FOLDER, keep_best_student
+from kdray.io import atomic_torch_save
 from kdray.records import RunResult
 from kdray.registry import method_name
 from kdray.sweep.expansion import tune_identity
 from kdray.sweep.trial import ERROR_KEY, RECORD_KEY, RECORDED_KEY, TrialContext
 
+STUDENTS_DIR = "students"  # <sweep>/students/<trial key>: the best student of each task (save_pretrained)
+OPTIMIZER_KEYS = ("optimizer", "scheduler", "scaler")  # dropped from a finished trial's checkpoint
+
 
 def trial_row(sweep_name: str, key: str, task: str | None, params: dict[str, Any], result: RunResult | None,
               last: dict[str, Any], error: str | None, started_at: str, finished_at: str,
-              run: RunConfig | None = None, attempts: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+              run: RunConfig | None = None, attempts: int | None = None,
+              student_path: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One trials.parquet row (and its trace rows) from a trial's identity, RunResult and last Tune result.
 
     Status: ERROR when the trial or its last report says so, TERMINATED with a RunResult, else STOPPED (ended
@@ -35,7 +42,8 @@ def trial_row(sweep_name: str, key: str, task: str | None, params: dict[str, Any
     known = result if result is not None else {"task": task, "dev_score": last.get("dev_score", math.nan),
                                                **(_run_fields(run) if run is not None else {})}
     row = results.trial_row(sweep_name, key, known, params, status=status, error=error,
-                            started_at=started_at or None, finished_at=finished_at, attempts=attempts)
+                            started_at=started_at or None, finished_at=finished_at, attempts=attempts,
+                             student_path=student_path if status == "TERMINATED" else None)
     return row, traces
 
 
@@ -62,6 +70,7 @@ def make_recorder(results_dir: str, ctx: TrialContext, mirror_uri: str | None = 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             record(results_dir, ctx, mirror_uri, trial.config, trial.trial_id, trial.last_result or {}, None,
                    self.started.get(trial.trial_id, ""), trial.num_failures + 1)
+            drop_optimizer_state(getattr(trial, "checkpoint", None))
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             record(results_dir, ctx, mirror_uri, trial.config, trial.trial_id, trial.last_result or {},
@@ -84,8 +93,13 @@ def record(results_dir: str, ctx: TrialContext, mirror_uri: str | None, config: 
             run = ctx.resolve(config, tune_trial_id).run
         except (ConfigError, ValueError, KeyError):
             run = None  # a trial no longer in the space file: keep what Tune knows of it
+    student = None
+    if result is not None and not (last.get(ERROR_KEY) or error):
+        student = keep_best_student(Path(ctx.trials_dir) / key / STUDENT_FOLDER, result.dev_score,
+                                    results.kept_student(results_dir, result.task),
+                                    Path(results_dir) / STUDENTS_DIR, sweep.search.mode_direction != "min")
     row, traces = trial_row(sweep.name, key, trial_task, params, result, last, error, started_at, _now(), run,
-                            attempts)
+                            attempts, student)
     if traces:
         results.append_traces(results_dir, traces)
     results.append_trials(results_dir, [row])
@@ -95,6 +109,17 @@ def record(results_dir: str, ctx: TrialContext, mirror_uri: str | None, config: 
           f"loop={last.get('kdray_loop_seconds', math.nan):.1f}s"
           + (f" attempts={attempts}" if attempts and attempts > 1 else "")
           + (f" error={row['error'][:200]}" if row["error"] else ""), flush=True)
+
+
+def drop_optimizer_state(checkpoint: Any) -> None:
+    """Rewrite a finished trial's last Tune checkpoint without optimizer, scheduler and scaler state: nothing
+    resumes a finished trial (its student is saved apart), so only the weights and the record are kept."""
+    path = None if checkpoint is None else Path(str(getattr(checkpoint, "path", ""))) / "checkpoint.pt"
+    if path is None or "://" in str(getattr(checkpoint, "path", "")) or not path.is_file():
+        return  # URI storage: the copy in the bucket stays as Tune wrote it
+    state = load_checkpoint(path)
+    if any(k in state for k in OPTIMIZER_KEYS):
+        atomic_torch_save({k: v for k, v in state.items() if k not in OPTIMIZER_KEYS}, path)
 
 
 def backfill(results_dir: str, ctx: TrialContext, grid: Any, mirror_uri: str | None = None) -> int:

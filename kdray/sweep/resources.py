@@ -22,6 +22,9 @@ QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "1",
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
     "TOKENIZERS_PARALLELISM": "false",
+    # Tune's "experiment state snapshotting ... may become a bottleneck" (3 lines a time): every trial keeps one
+    # checkpoint (num_to_keep=1), which forces a snapshot by design
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
 

@@ -26,12 +26,14 @@ from kdray.config import ConfigError, RunConfig, SweepConfig, load_sweep_config,
 from kdray.io import LockHeld, clean_stale_temps, locked, try_locked
 from kdray.sweep import reaper
 from kdray.sweep.expansion import Trial, describe, expand_grid, resolve_paths, tune_space
+from kdray.sweep.loggers import check_logging, logger_callbacks
 from kdray.sweep.preflight import check_inputs, check_writable_folder, sweep_folder
 from kdray.sweep.ray_start import RayStartError, join, start_local
 from kdray.sweep.recorder import backfill, make_recorder
 from kdray.sweep.resources import QUIET_ENV, max_concurrent_trials, tune_resources
 from kdray.sweep.teachers import teacher_root, teacher_stage
 from kdray.sweep.trial import ERROR_KEY, TrialContext, trial_fn
+from kdray.tblog import tensorboard_command
 
 SWEEP_LOCK = ".sweep.lock"  # held by the one driver of a sweep, fresh or resumed
 
@@ -70,6 +72,7 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
         sweep = load_sweep(space_path, overrides, name, num_samples)
         trials = expand_grid(sweep, str(space_path)) if sweep.search.mode == "grid" else None
         preflight(sweep, trials, storage, is_uri, resume or teachers_only)
+        check_logging(sweep)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return 2
@@ -89,6 +92,7 @@ def load_sweep(space_path: str, overrides: dict[str, Any] | None, name: str | No
                num_samples: int | None) -> SweepConfig:
     """The validated sweep with the command line's name and sample count, its paths made absolute."""
     sweep = load_sweep_config(space_path, overrides)
+    refuse_searched_overrides(sweep, overrides or {}, space_path)
     if num_samples is not None:
         if num_samples < 1:
             raise ConfigError(f"--num-samples {num_samples}: must be >= 1")
@@ -99,6 +103,16 @@ def load_sweep(space_path: str, overrides: dict[str, Any] | None, name: str | No
         raise ConfigError(f"{space_path}: search.scheduler.type: asha needs one objective; "
                           f"set search.multi_objective: false or scheduler type none")
     return resolve_paths(sweep, Path(space_path).resolve().parent)
+
+
+def refuse_searched_overrides(sweep: SweepConfig, overrides: dict[str, Any], space_path: str) -> None:
+    """``--set`` of a key the space also searches would be silently overridden by every trial: refuse it."""
+    searched = set(sweep.search.space)
+    for key in overrides:
+        for other in searched:  # selector.name vs a searched `selector` (or the reverse) clash too
+            if key == other or key.startswith(other + ".") or other.startswith(key + "."):
+                raise ConfigError(f"--set {key}: {space_path} searches {other} (search.space), so every trial "
+                                  f"sets it; change the space file's values instead")
 
 
 def preflight(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, resume: bool) -> None:
@@ -190,6 +204,7 @@ def _run_tuners(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is
     teachers = teacher_stage(sweep, stage_runs(sweep, trials), root, local=address is None)
     trials_dir = (f"{sweep_dir}/trials" if not is_uri
                   else str(Path(tempfile.gettempdir()) / "kdray_trials" / sweep.name))
+    print(f"[kdray] watch it: {tensorboard_command(Path(trials_dir).parent)}", flush=True)
     failed = 0
     for task in [None] if trials is not None else sweep.tasks:
         ctx = TrialContext(sweep, task, {t.key: t for t in trials or []}, teachers, root, trials_dir,
@@ -217,11 +232,14 @@ def _run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, r
             trainable, param_space=param_space, tune_config=tune_config,
             run_config=tune.RunConfig(
                 name=tuner_name, storage_path=sweep_dir,
-                callbacks=[make_recorder(local_dir, ctx, sweep_dir if "://" in sweep_dir else None)],
+                callbacks=[make_recorder(local_dir, ctx, sweep_dir if "://" in sweep_dir else None),
+                           *logger_callbacks(sweep)],
                 # a trial whose process or node died restarts from its last checkpoint (attempts counts them)
                 failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=1),
+                # Tune's status tables and per-result boxes (~40 lines a trial) are off: the recorder prints one
+                # line per ended trial and _summary the totals; Tune's own tensorboard line named the wrong folder
+                verbose=0),
         )
     grid = tuner.fit()
     backfill(local_dir, ctx, grid, sweep_dir if "://" in sweep_dir else None)

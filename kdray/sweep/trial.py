@@ -9,6 +9,7 @@ report carries the :class:`~kdray.records.RunResult` as JSON (Tune metrics must 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from kdray.config import ConfigError, RunConfig, SweepConfig, validate
 from kdray.results import recorded_score
 from kdray.sweep.expansion import Trial, optuna_trial
 from kdray.sweep.teachers import teacher_folder, teacher_id
+from kdray.tblog import trial_logdir
 
 RECORD_KEY = "kdray_record"  # last report of a trial: the RunResult as JSON (with traces)
 ERROR_KEY = "kdray_error"
@@ -83,7 +85,8 @@ def trial_fn(config: dict[str, Any], ctx: TrialContext) -> None:
     if recorded is not None:  # finished before the driver died, after Tune's last state save: do not re-run
         tune.report({"dev_score": recorded, "train_seconds": math.nan, RECORDED_KEY: 1})
         return
-    run = trial.run.with_output(str(Path(ctx.trials_dir) / trial.key), progress=False)
+    run = trial.run.with_output(str(Path(ctx.trials_dir) / trial.key), progress=False,
+                                tensorboard_dir=str(trial_logdir(Path(ctx.trials_dir).parent, trial.key)))
     # a searched teacher/data setting has no teacher from the stage: fine-tune (or reuse) it here, under the lock
     teacher_path = ctx.teachers.get(teacher_id(run)) or teacher_folder(run, ctx.teacher_root)
     job = LoopJob(trial.key, run, teacher_path)
@@ -141,8 +144,8 @@ def run_loop(job: LoopJob, rank: int, report_fn: Callable[..., None], checkpoint
     """
     from kdray.distill import train
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created" at every report
     ckpt_dir = Path(job.run.output_dir) / "checkpoint"
-    seen: dict[str, float | None] = {"mtime": None}
 
     def report(metrics: dict[str, Any]) -> None:
         # Metrics are all-reduced by the loop, so every rank takes the same branch here.
@@ -151,10 +154,11 @@ def run_loop(job: LoopJob, rank: int, report_fn: Callable[..., None], checkpoint
             raise FloatingPointError(f"non-finite metrics at step {metrics.get('step')}: {bad}")
         checkpoint = None
         path = ckpt_dir / "checkpoint.pt"
-        if rank == 0 and path.is_file() and path.stat().st_mtime != seen["mtime"]:
-            seen["mtime"] = path.stat().st_mtime  # upload a checkpoint only when the loop wrote a new one
+        if rank == 0 and path.is_file():  # the loop wrote a new one since the last report
             checkpoint = checkpoint_cls.from_directory(str(ckpt_dir))
         report_fn(_floats(metrics), checkpoint=checkpoint)
+        if checkpoint is not None:  # Tune persisted its copy during the report: store each checkpoint once
+            path.unlink(missing_ok=True)
 
     t0 = time.perf_counter()
     with resume.as_directory() if resume is not None else contextlib.nullcontext() as resume_dir:
