@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from kdray import __version__
 from kdray.config import GLUE_TASKS, ConfigError
@@ -183,7 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add = functools.partial(sub.add_parser, formatter_class=_DefaultsFormatter)
+    _add_run_commands(add)
+    _add_result_commands(add)
+    _add_measure_commands(add)
+    return parser
 
+
+def _add_run_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """sweep, train, teacher: the commands that train something."""
     p = add("sweep", help="run a search space on local Ray or a cluster")
     p.add_argument("space", help="search-space YAML, e.g. search_spaces/smoke.yaml")
     p.add_argument("--address", default=None, help="Ray address: 'auto' or ray://host:port (default: local Ray)")
@@ -221,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-eval-samples", type=int, default=None)
     p.set_defaults(func=_cmd_teacher)
 
+
+def _add_result_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """report, export, tasks: the commands that read results or data."""
     p = add("report", help="paper-style tables and plots from a sweep's Parquet files")
     p.add_argument("results_dir")
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md", help="table format")
@@ -241,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="official GLUE TSV folder (default: $KDRAY_GLUE_DIR, else ../shared/glue)")
     p.set_defaults(func=_cmd_tasks)
 
+
+def _add_measure_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """bench, reward-noise: the commands that measure kdray itself."""
     p = add("bench", help="time the training step, selector, caches, data loading and Ray overhead")
     p.add_argument("--quick", action="store_true", help="small sizes; fails when a ratio target is missed")
     p.add_argument("--out", default=None,
@@ -262,7 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="folder for reward_noise.parquet and .md (default: <kdray cache>/reward_noise)")
     p.set_defaults(func=_cmd_reward_noise)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -77,8 +77,10 @@ def test_registered() -> None:
     assert ActorCriticSelector.learns and ActorCriticSelector.needs_state
 
 
+# One planted case per mode in the fast suite; the other seeds run with the slow tests (issue 14: the fast
+# suite's cost, the same claim over more seeds where there is time).
 @pytest.mark.parametrize("action", ["soft", "hard"])
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
 def test_learns_planted_optimum(action: str, seed: int) -> None:
     env = PlantedEnv(seed)
     selector = ActorCriticSelector(POOL, SelectorConfig(action=action), seed=seed)
