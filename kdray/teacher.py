@@ -50,7 +50,13 @@ class TeacherResult:
 
 
 def teacher_key(task: str, teacher: TeacherConfig, data: DataConfig, max_seq_length: int) -> dict[str, Any]:
-    """Everything that changes a fine-tuned teacher (and nothing that does not, e.g. the data folder)."""
+    """Everything that changes a fine-tuned teacher's training or dev rows, its model and its hyperparameters.
+
+    The data part names every setting that picks the rows (issue 19.9: before, a teacher fine-tuned on
+    another subsample, holdout or data source was reused silently): the subsample sizes and seed, the reward
+    holdout carved off the train split, and where the rows come from (``data.source`` and ``data.dir`` as
+    configured; sweeps make ``dir`` absolute). The tokenization cache folder is left out: it changes no row.
+    """
     return {
         "model": teacher.model,
         "task": task,
@@ -58,6 +64,8 @@ def teacher_key(task: str, teacher: TeacherConfig, data: DataConfig, max_seq_len
         "max_seq_length": int(max_seq_length),
         "max_train_samples": data.max_train_samples,
         "max_eval_samples": data.max_eval_samples,
+        "rows": {"subsample_seed": data.subsample_seed, "holdout_fraction": data.holdout_fraction,
+                 "holdout_max": data.holdout_max, "source": data.source, "dir": data.dir},
     }
 
 

@@ -100,12 +100,13 @@ def test_finetune_is_seeded_and_replaces_only_teacher_folders(glue_dir: Path, tm
 
 
 def test_cache_folder_names_stay_those_of_existing_caches(tmp_path: Path) -> None:
-    """Users' teacher and teacher-output caches are found by these names: the hashes must not change."""
+    """Users' teacher and teacher-output caches are found by these names: the hashes change only on purpose."""
     from kdray.teacher_outputs import cache_key
 
     teacher = TeacherConfig(model="tiny-bert", seed=7, lr=1e-3)
     name = teacher_cache_dir("rte", teacher, DataConfig(max_train_samples=64), 64, tmp_path).name
-    assert name == "rte-tiny-bert-f5258df7e998"  # computed with kdray e662c72
+    # e662c72 gave rte-tiny-bert-f5258df7e998; issue 19.9 added the row-picking data settings to the key
+    assert name == "rte-tiny-bert-78674b29c9d8"
     parts = {"teacher": {"path": "/t", "files": [("model.safetensors", 10, 20)]}, "task": "rte", "max_len": 64,
              "layers": [2, 4], "rows": 64, "data": None}
     assert cache_key(parts) == "65d31168d1ccb161"
@@ -121,3 +122,16 @@ def test_teacher_metrics_with_old_split_keys_read_back(tmp_path: Path) -> None:
     found = get_teacher("mnli", run, tmp_path)
     assert found.metrics == {"validation_matched_accuracy": 0.8, "validation_mismatched_accuracy": 0.7}
     assert found.score == 0.75 and found.path == folder
+
+
+@pytest.mark.parametrize("change", [{"subsample_seed": 3}, {"subsample_seed": None}, {"holdout_fraction": 0.1},
+                                    {"holdout_max": 50}, {"source": "local"}, {"dir": "/elsewhere/glue"},
+                                    {"max_train_samples": 65}, {"max_eval_samples": 10}])
+def test_every_row_picking_data_setting_gives_a_new_teacher(tmp_path: Path, change: dict) -> None:
+    """A teacher fine-tuned on other rows is never reused (issue 19.9); the tokenization cache folder is not a key."""
+    teacher = TeacherConfig(model="tiny-bert", seed=7)
+    base = DataConfig(max_train_samples=64)
+    name = teacher_cache_dir("rte", teacher, base, 64, tmp_path).name
+    assert teacher_cache_dir("rte", teacher, base.model_copy(update=change), 64, tmp_path).name != name
+    same = base.model_copy(update={"cache_dir": str(tmp_path / "tok")})
+    assert teacher_cache_dir("rte", teacher, same, 64, tmp_path).name == name
