@@ -66,6 +66,7 @@ TRIAL_SCHEMA = pa.schema([
     ("final_steps", pa.int64()),
     ("mean_step_seconds", pa.float64()),
     ("teacher_cache", pa.bool_()),
+    ("branch_steps", pa.int64()),  # stage-1 paired side-branch steps (extra compute over train_steps)
     ("attempts", pa.int64()),  # times Tune started the trial: 1 + retries after its process or node died
     ("started_at", pa.timestamp("us", tz="UTC")),
     ("finished_at", pa.timestamp("us", tz="UTC")),
