@@ -69,7 +69,7 @@ def test_gradient_probe_leaves_training_alone(rte_config: Callable, tiny_teacher
         t_out = setup.teacher_fn(batch, rows, need.teacher_hidden, need.teacher_attentions)
         losses = {k: st.knowledge[k](s_out, t_out, batch) for k in pool}
     expected = kind_grad_norms(losses, list(st.student.parameters()))
-    assert {k: features[f"grad_norm.{k}"] for k in pool} == pytest.approx(expected, rel=1e-5)
+    assert {k: features[f"grad_norm.{k}"] for k in pool} == pytest.approx(expected, rel=1e-4)  # fp32 summation order
 
 
 def test_partial_phases_and_logits_reach_the_selector(rte_config: Callable, tiny_teacher: str, tmp_path: Path) -> None:
