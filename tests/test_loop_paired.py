@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from test_state import same_rows, same_state
 
 from kdray.branches import reward_set_loss
