@@ -40,6 +40,10 @@ class BanditConfig(StrictModel):
     init_reward_scale: float = Field(default=0.01, gt=0)  # reward unit during warm-up (issue #15: effects ~0.01)
     reference: Literal["all", "mean"] = "all"  # paired reference: every kind at 1, or the posterior-mean choice
     memory: int = Field(default=1024, ge=1)  # transitions kept (oldest dropped)
+    # stage-1 paired branches per phase: the decided weighting, branches - 2 exploration branches and the
+    # reference, each trained for the phase from one fork of the training state (same batches and dropout);
+    # stage 1 costs about `branches` times the unpaired compute (counted in train_seconds, branch_steps)
+    branches: int = Field(default=3, ge=2)
 
 
 class RewardConfig(StrictModel):

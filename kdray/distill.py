@@ -73,6 +73,7 @@ def run_record(setup: RunSetup, state: TrainingState) -> RunResult:
         train_seconds=c.train_seconds, samples_per_second=c.samples / max(c.train_seconds, 1e-9),
         selector_seconds=c.selector_seconds, final_steps=setup.total_steps,
         mean_step_seconds=c.step_seconds / max(1, c.steps), teacher_cache=setup.cache is not None,
+        branch_steps=c.branch_steps,
         traces=list(state.traces),
     )
 

@@ -6,60 +6,54 @@ the knowledge weights; kinds with weight 0 are not computed. :class:`Loop` drive
 :class:`~kdray.state.TrainingState` over a :class:`~kdray.run_setup.RunSetup`; :func:`train_steps` runs
 a given weighting on given batches from the current state, which with ``state.snapshot()`` /
 ``state.restore()`` forks a run at a phase boundary.
+
+Per phase, for a selector with ``branch_weights`` (the bandit) in a stage-1 episode: the selector decides;
+``selector.bandit.branches`` - 1 side weightings (exploration branches and the reference, last) are
+trained for the phase's batches from a fork of the state and scored on the reward set
+(:func:`kdray.branches.side_branches`); the fork is put back and the loop trains the decided weighting
+over the same batches with the same dropout masks, which is the decided branch itself, so training
+continues from the decided branch's end state without recomputing it: the policy's own trajectory,
+whose states are the ones the selector will decide on in the final run (a reference trajectory would
+train the selector on states it never meets). At the phase end each branch's advantage over the
+reference (reference loss after - branch loss after) goes to ``observe_branches``. The final run is
+unpaired: the selector decides and ``observe`` records.
+
+Every phase end checks the phase's mean per-kind losses and the reward-set loss, and raises
+FloatingPointError naming the steps and the kind when one went non-finite, before the selector sees it.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
 
 from kdray import checkpoint
+from kdray.branches import (
+    BranchResult,
+    check_finite,
+    optimise,
+    reward_set_loss,
+    side_branches,
+    train_steps,
+)
+from kdray.knowledge import LossNormalizer
 from kdray.run_setup import RunSetup
+from kdray.selection.bandit import BanditSelector, BanditState
 from kdray.selection.base import PhaseOutcome, PhaseState
 from kdray.state import EvalWindow, LastEval, Phase, TrainingState
-from kdray.step import StepResult, distill_step, phase_state
+from kdray.state_features import bandit_features
+from kdray.step import StepResult, phase_state
 from kdray.training import adamw, evaluate, linear_schedule
 
+__all__ = ["BranchResult", "Loop", "Report", "optimise", "train_steps"]
+
 Report = Callable[[dict[str, Any]], None]
-
-
-def optimise(setup: RunSetup, state: TrainingState, weights: dict[str, float], batch: dict[str, torch.Tensor],
-             rows: Sequence[int], with_state: bool = False) -> StepResult:
-    """One optimisation step of ``weights`` on one batch; ``with_state`` also returns the selector's next state."""
-    m = setup.models
-    return distill_step(m.forward, state.student, state.knowledge, state.selector.pool, weights, batch, rows,
-                        setup.teacher_fn, state.optimizer, state.scheduler, state.scaler,
-                        setup.config.train.max_grad_norm, setup.world, setup.autocast,
-                        state_layers=m.layers if with_state else None)
-
-
-@dataclass
-class BranchResult:
-    """What :func:`train_steps` gives back: mean unweighted loss per computed kind, and the mean weighted loss."""
-
-    losses: dict[str, float]
-    loss: float
-
-
-def train_steps(setup: RunSetup, state: TrainingState, weights: dict[str, float],
-                batches: Sequence[Sequence[int]]) -> BranchResult:
-    """Train ``state`` in place with ``weights`` on ``batches`` (row indices), one step each.
-
-    Weights, optimiser, schedule, scaler and the global RNG move on; the cursor, the phase, the counters and
-    the selector do not: a candidate branch, to be scored, then dropped with ``state.restore(snapshot)``.
-    """
-    acc, total = Phase(), torch.zeros((), device=setup.device, dtype=torch.float64)
-    state.student.train()
-    for rows in batches:
-        result = optimise(setup, state, weights, setup.batch(list(rows)), rows)
-        acc.add(result.losses)
-        total += result.loss.detach().double()
-    return BranchResult(acc.mean_losses(), float(total) / max(1, len(batches)))
 
 
 class Loop:
@@ -72,7 +66,8 @@ class Loop:
         self.state = TrainingState(
             student=m.student, knowledge=m.knowledge, selector=setup.selector,
             scaler=torch.amp.GradScaler(setup.device.type, enabled=dtype == torch.float16),
-            optimizer=optimizer, scheduler=scheduler, device=setup.device)
+            optimizer=optimizer, scheduler=scheduler, device=setup.device,
+            normalizer=LossNormalizer.from_config(setup.config.knowledge))
         self._bar: Any = None
 
     def _optimiser(self, segment: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -91,6 +86,7 @@ class Loop:
         if segment == self.setup.final_segment and st.selector.learns:
             st.selector.training = sc.stage2 == "learning"
         st.optimizer, st.scheduler = self._optimiser(segment)
+        st.normalizer = LossNormalizer.from_config(self.setup.config.knowledge)
         st.segment, st.step, st.phase = segment, 0, Phase()
         st.window = EvalWindow(torch.zeros((), device=self.setup.device))
 
@@ -137,7 +133,8 @@ class Loop:
             raise ValueError(f"selector {setup.config.selector.name!r} gave every kind weight 0 at step {step}: {weights}")
         done = step + 1 == steps
         phase_end = (step + 1) % setup.config.selector.phase_steps == 0 or done
-        result = optimise(setup, st, weights, batch, rows, with_state=phase_end and st.selector.needs_state)
+        result = optimise(setup, st, weights, batch, rows, step, with_state=phase_end and st.selector.needs_state,
+                          with_logits=phase_end and st.selector.needs_logits)
         st.phase.add(result.losses)
         st.window.add(result.loss)
         st.counters.steps += 1
@@ -161,43 +158,71 @@ class Loop:
 
     # ------------------------------------------------------------------ phases
 
+    @property
+    def paired(self) -> bool:
+        """Whether this segment's phases run paired branches: stage 1 of a learning selector that proposes them."""
+        return not self.final and self.state.selector.training and hasattr(self.state.selector, "branch_weights")
+
+    def _where(self) -> str:
+        return "final run" if self.final else f"episode {self.state.segment + 1}"
+
     def _decide(self, batch: dict[str, torch.Tensor], rows: list[int], steps: int) -> None:
-        """Phase start: the selector decides the weights until the next decision."""
+        """Phase start: the selector decides the weights until the next decision (paired: and side branches run)."""
         st, setup = self.state, self.setup
         t0 = time.perf_counter()
         # the previous phase's last step gave the state; a segment's first decision builds its own
         decision_state, st.phase.next_state = st.phase.next_state, None
         if decision_state is None:
             decision_state = phase_state(st.student, setup.teacher_fn, st.selector.needs_state, batch, rows,
-                                         *setup.models.layers, st.step, steps, st.phase.losses, setup.autocast)
+                                         *setup.models.layers, st.step, steps, st.phase.losses, setup.autocast,
+                                         needs_logits=st.selector.needs_logits)
         if setup.reward_set is not None and math.isnan(st.phase.reward):
             st.phase.reward = self._reward_set_loss()
+        if isinstance(st.selector, BanditSelector):
+            features = bandit_features(setup, st, st.selector.groups, batch, rows)
+            decision_state = BanditState(**vars(decision_state), features=features)
         weights = st.selector.decide(decision_state)
         st.phase.weights, st.phase.sums, st.phase.count = _agree(weights, setup.world), {}, 0
+        if self.paired:
+            side = st.selector.branch_weights(setup.config.selector.bandit.branches)[1:]  # type: ignore[attr-defined]
+            st.phase.branches = side_branches(setup, st, side, steps, self._where())
         st.counters.selector_seconds += time.perf_counter() - t0
 
     def _end_phase(self, result: StepResult, weights: dict[str, float], steps: int, done: bool) -> None:
-        """Phase end: reward-set loss, then the selector observes and the trace grows."""
+        """Phase end: non-finite check, reward-set loss, then the selector observes and the trace grows."""
         st = self.state
         t0 = time.perf_counter()
         mean_losses = st.phase.mean_losses()
+        first = st.step + 2 - st.phase.count
+        check_finite(mean_losses, self._where(), first, st.step + 1)
         after = self._reward_set_loss()
+        if self.setup.reward_set is not None:
+            check_finite({"reward-set": after}, self._where(), first, st.step + 1)
         # the state at the next decision: this phase's last batch, from the step's own forward
         nxt = PhaseState(teacher_cls=result.teacher_cls, student_cls=result.student_cls, losses=mean_losses,
-                         progress=(st.step + 1) / steps, step=st.step + 1)
-        record = st.selector.observe(PhaseOutcome(st.phase.reward, after, mean_losses, nxt, done))
+                         progress=(st.step + 1) / steps, step=st.step + 1, student_logits=result.student_logits,
+                         teacher_logits=result.teacher_logits)
+        outcome = PhaseOutcome(st.phase.reward, after, mean_losses, nxt, done, steps=st.phase.count)
+        if st.phase.branches:
+            # advantage over the reference (the last side branch): reference loss after - branch loss after
+            ref_weights, ref_after = st.phase.branches[-1]
+            paired = [(weights, ref_after - after)] + [(w, ref_after - a) for w, a in st.phase.branches]
+            record = st.selector.observe_branches(nxt, paired, reference=ref_weights,  # type: ignore[attr-defined]
+                                                  outcome=outcome)
+        else:
+            record = st.selector.observe(outcome)
         for kind in st.selector.pool:
             st.traces.append({
                 "step": st.counters.steps, "phase": record.phase, "episode": -1 if self.final else st.segment,
                 "knowledge": kind, "weight": float(weights.get(kind, 0.0)), "reward": float(record.reward),
                 "q_value": float(record.q_value), "reward_set_loss": float(record.reward_set_loss),
             })
-        st.phase = Phase(reward=after, losses=mean_losses, next_state=None if done else replace(nxt))
+        st.phase = Phase(reward=after, losses=mean_losses, next_state=None if done else replace(nxt),
+                         reward_delta=after - st.phase.reward)
         st.counters.selector_seconds += time.perf_counter() - t0
 
     def _reward_set_loss(self) -> float:
-        rs = self.setup.reward_set
-        return math.nan if rs is None else rs.loss(self.state.student, self.setup.spec.is_regression)
+        return reward_set_loss(self.setup, self.state)
 
     def _evaluate(self, done: bool) -> dict[str, Any] | None:
         """Dev evaluation of the final run when due (its end, ``eval_every`` steps, or each epoch); the metrics."""

@@ -37,6 +37,7 @@ class RunResult:
     final_steps: int = 0  # steps of the final run only
     mean_step_seconds: float = 0.0
     teacher_cache: bool = False
+    branch_steps: int = 0  # stage-1 paired side-branch steps (extra compute: branch_steps / train_steps)
     traces: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:

@@ -67,6 +67,7 @@ TRIAL_SCHEMA = pa.schema([
     ("final_steps", pa.int64()),
     ("mean_step_seconds", pa.float64()),
     ("teacher_cache", pa.bool_()),
+    ("branch_steps", pa.int64()),  # stage-1 paired side-branch steps (extra compute over train_steps)
     ("attempts", pa.int64()),  # times Tune started the trial: 1 + retries after its process or node died
     ("student_path", pa.string()),  # the saved student (save_pretrained) when it was the task's best so far
     ("started_at", pa.timestamp("us", tz="UTC")),

@@ -24,10 +24,13 @@ import torch
 from torch import nn
 
 from kdray import checkpoint
+from kdray.knowledge import LossNormalizer
 from kdray.selection.base import PhaseState, Selector
 
 Snapshot = NewType("Snapshot", dict)  # a deep, detached copy of TrainingState.state_dict()
-FORMAT = 2  # of the state dict (1: the untyped checkpoint dict of kdray before the typed state)
+# of the state dict (1: the untyped checkpoint dict of kdray before the typed state; 2: before the loss
+# normaliser, the paired branches and the holdout change joined it)
+FORMAT = 3
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Counters:
     selector_seconds: float = 0.0
     step_seconds: float = 0.0
     samples: int = 0
+    branch_steps: int = 0  # optimisation steps of stage-1 paired side branches (scored, then dropped)
 
 
 @dataclass
@@ -53,6 +57,9 @@ class Phase:
         losses: the previous phase's mean per-kind losses (part of the next decision's state).
         next_state: the next decision's state, taken from the previous phase's last training forward
             (None at a segment's start, when the decision builds its own).
+        reward_delta: the previous phase's reward-set loss change (after - before; NaN before one ended).
+        branches: paired side branches run from this phase's fork: ``(weights, reward-set loss after)``
+            each, the reference last (empty when the phase is not paired).
     """
 
     weights: dict[str, float] | None = None
@@ -61,6 +68,8 @@ class Phase:
     reward: float = math.nan
     losses: dict[str, float] = field(default_factory=dict)
     next_state: PhaseState | None = None
+    reward_delta: float = math.nan
+    branches: list[tuple[dict[str, float], float]] = field(default_factory=list)
 
     def add(self, losses: dict[str, torch.Tensor]) -> None:
         """Accumulate one step's per-kind losses."""
@@ -74,16 +83,19 @@ class Phase:
     def state_dict(self) -> dict[str, Any]:
         return {"weights": self.weights, "sums": {k: v.cpu() for k, v in self.sums.items()}, "count": self.count,
                 "reward": self.reward, "losses": dict(self.losses),
-                "next_state": _phase_state_dict(self.next_state)}
+                "next_state": _phase_state_dict(self.next_state), "reward_delta": self.reward_delta,
+                "branches": [[dict(w), float(after)] for w, after in self.branches]}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> "Phase":
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> Phase:
         nxt = state["next_state"]
         if nxt is not None:
             nxt = PhaseState(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in nxt.items()})
         return cls(weights=None if state["weights"] is None else dict(state["weights"]),
                    sums={k: v.to(device) for k, v in state["sums"].items()}, count=int(state["count"]),
-                   reward=float(state["reward"]), losses=dict(state["losses"]), next_state=nxt)
+                   reward=float(state["reward"]), losses=dict(state["losses"]), next_state=nxt,
+                   reward_delta=float(state["reward_delta"]),
+                   branches=[(dict(w), float(after)) for w, after in state["branches"]])
 
 
 def _phase_state_dict(state: PhaseState | None) -> dict[str, Any] | None:
@@ -135,6 +147,7 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
+    normalizer: LossNormalizer = field(default_factory=LossNormalizer)  # knowledge.normalize; reset per segment
     segment: int = 0
     step: int = 0  # within the segment: with ``segment``, the data cursor
     phase: Phase = field(default_factory=Phase)
@@ -149,7 +162,7 @@ class TrainingState:
             "format": FORMAT, "segment": self.segment, "step": self.step,
             "student": self.student.state_dict(), "knowledge": self.knowledge.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler": self.scaler.state_dict(), "normalizer": self.normalizer.state_dict(),
             "selector": self.selector.state_dict(), "selector_training": self.selector.training,
             "rng": checkpoint.rng_state(),
             "phase": self.phase.state_dict(), "counters": asdict(self.counters),
@@ -168,6 +181,7 @@ class TrainingState:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        self.normalizer.load_state_dict(state["normalizer"])
         self.selector.load_state_dict(state["selector"])
         self.selector.training = bool(state["selector_training"])
         self.phase = Phase.from_state_dict(state["phase"], self.device)

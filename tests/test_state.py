@@ -31,12 +31,12 @@ def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
-def _same_rows(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+def same_rows(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
     """Trace rows equal value for value (repr keeps every float bit and makes NaN equal to NaN)."""
     return repr(a) == repr(b)
 
 
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
     ta, tb = _tensors(a), _tensors(b)
     return ta.keys() == tb.keys() and all(_bits_equal(ta[k], tb[k]) for k in ta)
 
@@ -70,13 +70,13 @@ def test_fork_replays_a_branch_bit_identically(rte_config: Callable, tiny_teache
     again_losses, again_loss, again_after = branch(POOL_A)
     assert set(losses_a) == {"finetune", "response"} and set(losses_b) == {"finetune", "feature", "relation"}
     assert again_losses == losses_a and again_loss == loss_a  # bit-identical floats
-    assert _same(again_after, after_a)  # weights, optimiser moments, schedule, RNG
-    assert not _same(after_b, after_a)
+    assert same_state(again_after, after_a)  # weights, optimiser moments, schedule, RNG
+    assert not same_state(after_b, after_a)
     assert any(not torch.equal(after_a["student"][k], after_b["student"][k]) for k in after_a["student"])
     # the branches leave the cursor and the selector alone, and the fork itself is never aliased
-    assert after_a["step"] == after_b["step"] == 3 and _same(after_a["selector"], fork["selector"])
+    assert after_a["step"] == after_b["step"] == 3 and same_state(after_a["selector"], fork["selector"])
     state.restore(fork)
-    assert _same(state.snapshot(), fork)
+    assert same_state(state.snapshot(), fork)
 
 
 def test_restored_fork_continues_like_the_uninterrupted_run(rte_config: Callable, tiny_teacher: str,
@@ -89,8 +89,8 @@ def test_restored_fork_continues_like_the_uninterrupted_run(rte_config: Callable
     forked.run_segment()
     straight = _loop_at_phase_boundary(rte_config, tiny_teacher, tmp_path / "straight")
     straight.run_segment()
-    assert _same(forked.state.state_dict(), straight.state.state_dict())
-    assert _same_rows(forked.state.traces, straight.state.traces) and forked.state.step == 9
+    assert same_state(forked.state.state_dict(), straight.state.state_dict())
+    assert same_rows(forked.state.traces, straight.state.traces) and forked.state.step == 9
 
 
 def test_state_dict_loads_weights_only_and_round_trips(rte_config: Callable, tiny_teacher: str, tmp_path: Path) -> None:
@@ -99,14 +99,14 @@ def test_state_dict_loads_weights_only_and_round_trips(rte_config: Callable, tin
     path = tmp_path / "state.pt"
     torch.save(loop.state.state_dict(), path)
     saved = torch.load(path, weights_only=True)
-    assert _same(saved, loop.state.snapshot())
+    assert same_state(saved, loop.state.snapshot())
     fresh = Loop(loop.setup)
     fresh.start_segment(0)
     fresh.state.load_state_dict(saved)
     st: TrainingState = fresh.state
     assert isinstance(st.phase, Phase) and st.phase.next_state is not None
     assert st.counters == loop.state.counters and st.last_eval == loop.state.last_eval
-    assert _same_rows(st.traces, loop.state.traces) and (st.segment, st.step) == (0, 3) and st.last_eval.step == 3
-    assert _same(st.student.state_dict(), saved["student"])  # start_segment had reset it to the initialisation
+    assert same_rows(st.traces, loop.state.traces) and (st.segment, st.step) == (0, 3) and st.last_eval.step == 3
+    assert same_state(st.student.state_dict(), saved["student"])  # start_segment had reset it to the initialisation
     with pytest.raises(ValueError, match="checkpoint format 1"):  # an older kdray's untyped checkpoint dict
         st.load_state_dict({k: v for k, v in saved.items() if k != "format"})
