@@ -35,8 +35,8 @@ CHECKS = {
     ("ray", "per_trial_overhead"): "ray_per_trial_s",
 }
 KNOWN_MISSES = {
-    "cached_vs_plain": "relation recomputes the teacher's FSP matrices every step (and with the student's in fp32); "
-                       "see results/bench/bench.md",
+    "cached_vs_plain": "the cached kinds' projections and losses on top of the plain step (relation now on token "
+                       "Gram products where cheaper); see the findings in results/bench/bench.md",
 }
 
 

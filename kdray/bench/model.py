@@ -56,9 +56,11 @@ class Stepper:
         fn = self.sources[id(m)][int(cached)]
         s = self.s
 
+        model = m.student if forward is None else forward  # not `or`: a compiled module has no truth value
+
         def run() -> Any:
             batch, rows = s.next_batch()
-            return distill_step(forward or m.student, m.student, m.knowledge, m.pool, weights, batch, rows, fn,
+            return distill_step(model, m.student, m.knowledge, m.pool, weights, batch, rows, fn,
                                 m.optimizer, m.scheduler, s.scaler, 1.0, autocast=s.autocast)
         return run
 
@@ -149,7 +151,7 @@ def bench_model(sizes: Sizes, work: Path, log: Log, device: torch.device, peak: 
     plain = Timing.of(times["plain"])
     if peak is not None:
         rows_out += flop_rows(s, stepper, plain, peak)
-        log(f"  plain step at {rows_out[-1].value:.0%} of the GEMM peak")
+        log(f"  plain step at {rows_out[-1].value:.1%} of the GEMM peak")
     if sizes.compile:
         rows_out += compile_rows(s, stepper, plain.median, log)
     rows_out += selector_rows(s, stepper.sources[id(s.sdpa)][0], plain.median, log)
