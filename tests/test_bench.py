@@ -142,3 +142,15 @@ def test_run_bench_rejects_an_unknown_scale() -> None:
 
     with pytest.raises(ValueError, match="paper"):
         run_bench(scale="huge")
+
+
+def test_write_puts_every_row_and_the_meta_in_parquet(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from kdray.bench.rows import write
+
+    rows = [check(Row("step", "a", unit="x", ratio_q25=1.0, ratio_q75=1.2), "cached_vs_plain", 1.0), Row("ray", "init")]
+    write(rows, tmp_path / "out", "# md\n", {"mode": "quick"})
+    df = pd.read_parquet(tmp_path / "out" / "bench.parquet")
+    assert list(df["name"]) == ["a", "init"] and set(df["mode"]) == {"quick"}
+    assert df["noise_limit"].iloc[0] == pytest.approx(1.3) and (tmp_path / "out" / "bench.md").read_text() == "# md\n"

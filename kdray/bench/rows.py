@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from kdray.io import atomic_write_parquet, atomic_write_text
+from kdray.io import atomic_write, atomic_write_text
 
 ALL_KINDS = ["finetune", "response", "feature", "relation", "attention", "embedding"]
 CACHED_KINDS = ["finetune", "response", "feature", "relation", "embedding"]  # attentions are not cached
@@ -174,5 +174,5 @@ def write(rows: list[Row], out: Path, md: str, meta: dict[str, str]) -> None:
     df = pd.DataFrame([asdict(r) for r in rows])
     for k, v in meta.items():
         df[k] = v
-    atomic_write_parquet(out / "bench.parquet", df)
+    atomic_write(out / "bench.parquet", lambda fh: df.to_parquet(fh, index=False))
     atomic_write_text(out / "bench.md", md)
