@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from kdray.config import EVAL_BATCH_SIZE, DataConfig, StudentConfig
+from kdray.io import atomic_write, atomic_write_text
 
 SIZES = (32, 64, 96, 128, 256)
 
@@ -151,9 +152,6 @@ def run(tasks: list[str], out_dir: str, **kwargs: Any) -> pd.DataFrame:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     command = "kdray " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("kdray") else "kdray reward-noise"
-    for name, write in (("reward_noise.parquet", lambda p: table.to_parquet(p, index=False)),
-                        ("reward_noise.md", lambda p: p.write_text(render(table, command)))):
-        tmp = out / f".{name}.{os.getpid()}.tmp"
-        write(tmp)
-        os.replace(tmp, out / name)
+    atomic_write(out / "reward_noise.parquet", lambda fh: table.to_parquet(fh, index=False))
+    atomic_write_text(out / "reward_noise.md", render(table, command))
     return table
