@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from kdray.config import RunConfig
 from kdray.io import atomic_torch_save, atomic_write, atomic_write_text
@@ -24,7 +23,6 @@ from kdray.registry import method_name
 from kdray.run_setup import RunSetup, set_up
 from kdray.selection.base import Selector
 from kdray.state import TrainingState
-from kdray.training import adamw, amp_dtype, linear_schedule
 
 TRACE_COLUMNS = ["step", "phase", "episode", "knowledge", "weight", "reward", "q_value", "reward_set_loss"]
 
@@ -90,12 +88,3 @@ def _student_name(config: RunConfig) -> str:
     s = config.student
     return s.model or "" if s.init == "pretrained" else f"{config.teacher.model}:layers={s.layers}"
 
-
-# The old private names that kdray.bench and kdray.reward_noise import; they go when those modules move to
-# kdray.training's public adamw / linear_schedule / amp_dtype.
-_amp_dtype = amp_dtype
-_scheduler = linear_schedule
-
-
-def _optimizer(student: torch.nn.Module, knowledge: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    return adamw([student, knowledge], lr, weight_decay)

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from kdray.config import EVAL_BATCH_SIZE, DataConfig, StudentConfig
+from kdray.io import atomic_write, atomic_write_text
 
 SIZES = (32, 64, 96, 128, 256)
 
@@ -49,12 +50,12 @@ def measure(task: str, model: str = "minilm-l6", student_layers: int = 3, steps:
             batch_size: int = 32, lr: float = 1e-4, max_seq_length: int = 64, subsets: int = 200, seed: int = 0,
             data: DataConfig | None = None, log: Any = print) -> pd.DataFrame:
     """Train, score the whole holdout at each phase end, and compare subset rewards (one row per subset size)."""
-    from kdray.distill import _optimizer, _scheduler
     from kdray.glue import get_task, make_collator, prepare_data
     from kdray.knowledge import KnowledgeContext, build_knowledge
     from kdray.loop_data import RewardSet, collate_rows, epoch_batches
     from kdray.models import build_student, load_teacher, load_tokenizer
     from kdray.step import distill_step, teacher_source
+    from kdray.training import adamw, linear_schedule
 
     torch.manual_seed(seed)
     spec = get_task(task)
@@ -66,8 +67,8 @@ def measure(task: str, model: str = "minilm-l6", student_layers: int = 3, steps:
     student = build_student(teacher, StudentConfig(layers=student_layers), spec).train()
     ctx = KnowledgeContext(layer_map=((1, 1),), student_width=1, teacher_width=1, is_regression=spec.is_regression)
     knowledge = build_knowledge(["finetune"], ctx)
-    optimizer = _optimizer(student, knowledge, lr, 0.01)
-    scheduler = _scheduler(optimizer, steps, 0.1)
+    optimizer = adamw([student, knowledge], lr, 0.01)
+    scheduler = linear_schedule(optimizer, steps, 0.1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     holdout = RewardSet(prepared.holdout, collate, EVAL_BATCH_SIZE, device)
     n_rows = holdout.rows
@@ -151,9 +152,6 @@ def run(tasks: list[str], out_dir: str, **kwargs: Any) -> pd.DataFrame:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     command = "kdray " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("kdray") else "kdray reward-noise"
-    for name, write in (("reward_noise.parquet", lambda p: table.to_parquet(p, index=False)),
-                        ("reward_noise.md", lambda p: p.write_text(render(table, command)))):
-        tmp = out / f".{name}.{os.getpid()}.tmp"
-        write(tmp)
-        os.replace(tmp, out / name)
+    atomic_write(out / "reward_noise.parquet", lambda fh: table.to_parquet(fh, index=False))
+    atomic_write_text(out / "reward_noise.md", render(table, command))
     return table

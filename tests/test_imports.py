@@ -15,14 +15,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kdray"
 
-# Private names imported across modules today, removed by the helper that splits bench and the loop's
-# setup (issue #14 item 7). Listed one by one so a new private import still fails the test; strict, so the
-# marks must go once those imports do.
-KNOWN_PRIVATE: dict[str, set[tuple[str, str]]] = {
-    "kdray.bench": {("kdray.distill", "_optimizer"), ("kdray.distill", "_scheduler"), ("kdray.distill", "_amp_dtype"),
-                    ("kdray.sweep", "_local_num_cpus"), ("kdray.sweep", "_tune_resources")},
-    "kdray.reward_noise": {("kdray.distill", "_optimizer"), ("kdray.distill", "_scheduler")},
-}
+# Private names imported across modules, listed one by one so a new private import still fails the test;
+# strict, so a mark must go once its imports do. Empty since the bench split (issue #14 item 7).
+KNOWN_PRIVATE: dict[str, set[tuple[str, str]]] = {}
 
 
 def module_name(path: Path) -> str:

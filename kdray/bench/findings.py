@@ -1,0 +1,40 @@
+"""The bench report's closing text: why targets were missed and how they were fixed (rows hold the numbers)."""
+
+FINDINGS = """
+## Causes of missed targets, and how they were fixed (profiled; the rows named here hold the numbers)
+
+- **selector/overhead_ps50** (target 2%; met since stop 12): the actor and critic are small
+  (`overhead_ps50_networks_only`). Until stop 11 a phase cost a separate student and teacher forward for
+  the state (0.73 plain steps) and a forward over 256 reward-set rows (1.96). The state now comes from the
+  phase's last training step, whose forward already holds both final layers (`phase_state`: that step with
+  and without returning it, a difference below timing noise), and the reward set is collated once. Scoring
+  R rows costs about R/(3B) plain steps (a forward is about a third of a training step), so at B=32 and
+  phase_steps=50 it fits 2% for R <= 0.02*3*B*50 = 96 rows: `reward.eval_examples` defaults to 96.
+  `overhead_ps50_eval256` shows the old 256-row set (about 4%). Fewer rows make a noisier reward:
+  `kdray reward-noise` measures how much (results/reward_noise), so users can buy fidelity knowingly.
+  On a GPU the CPU-side critic/actor updates (`phase_observe`) weigh more, because the GPU step is short.
+  The rows timed here all hold 128 real tokens, so no padding: real reward sets are scored in length-ordered
+  batches of up to `train.eval_batch_size` (32), closed early before padding passes 10%
+  (`loop_data.longest_first_batches`). Without that bound a long-tailed task paid for its longest row in
+  every row of the first batch: 96 SST-2 reward rows (1,385 real tokens) filled 2,368 padded slots and were
+  scored in 0.37 s, against 1,527 slots and 0.26 s with it (MiniLM 3-layer student, one thread, eval
+  batches of 32, median of 5; stop 13).
+- **step/cached5** (target 1.10x; issue #18 sets 1.05x): `cached4_no_relation` is close to `plain`; the extra
+  is mostly `relation`. Until the token-Gram path it built, per step, three `[B, H, H]` FSP matrices for
+  the student and teacher plus their squared difference: for T < H these are larger than the hidden states
+  and did not shrink with the sequence length. `relation` now computes the same loss exactly from `[B, T, T]`
+  token Gram products (`kdray.knowledge.relation.fsp_loss_gram`: ||A^T B - C^T D||^2 from AC^T (.) BD^T, the
+  student-only term and a teacher-only constant) whenever that costs fewer FLOPs
+  (`relation.gram_is_cheaper`: 5*L*T^2*H < 4*(L-1)*T*H^2, so about 2x fewer at MiniLM's 384 width and 128
+  tokens, 4x at BERT-base's 768); `python -m kdray.perf.relation_cost` times both paths at a shape. What
+  remains of the gap is the cached kinds' projections and losses themselves (`cached4_no_relation`).
+- **train.compile** (`step/plain_compiled`, full and paper runs): value = compiled / eager plain step,
+  interleaved; the first compiled step (in the note) is what every run pays once per batch shape.
+- **flops/plain_step_vs_gemm_peak**: the plain step's FLOPs (FlopCounterMode) per second as a share of a
+  large dense matmul's rate measured in the same run; what a step loses to it is attention at 128 tokens,
+  LayerNorm/GELU/softmax memory traffic, the embedding and the optimizer (none of them dense GEMMs).
+- **ray/per_trial_overhead** (target 5 s; fixed): each Ray Train V2 `TorchTrainer` starts a controller, helper
+  actors and the worker, each a fresh Python process importing torch and ray; on 2 cores that was 17 s of a
+  trial's overhead. One-worker trials now run the loop in the Tune trial itself (`resources.trainer: auto`);
+  `per_trial_overhead_ray_train` keeps measuring the TorchTrainer path that DDP trials take.
+"""

@@ -1,0 +1,158 @@
+"""The step-time rows of one model setting: the cache, every step configuration, FLOPs, train.compile, selector.
+
+All step configurations are timed with :func:`kdray.perf.timing.interleaved` (one repeat of each per
+round, the order reversed every round), and the checked ratios carry the quartiles of their per-round
+ratios (:func:`kdray.perf.timing.paired_ratio`), from which ``kdray.bench.rows.check`` sizes the margin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdray.bench.rows import ALL_KINDS, CACHED_KINDS, Row, Sizes, check
+from kdray.bench.selector import selector_rows
+from kdray.bench.setup import BenchModels, BenchSetup
+from kdray.perf.flops import GemmPeak, step_efficiency
+from kdray.perf.timing import Timing, clock, interleaved, paired_ratio
+from kdray.step import distill_step, teacher_source
+
+Log = Callable[[str], None]
+
+
+def step_configs(s: BenchSetup) -> dict[str, tuple[BenchModels, list[str], bool, str]]:
+    """(models, kinds selected, cached?, note) per configuration; the kernel is the one distill.train loads."""
+    return {
+        "plain": (s.sdpa, ["finetune"], False, "finetune only, no teacher forward (SDPA: pool without attention)"),
+        "plain_eager": (s.eager, ["finetune"], False, "finetune only, eager attention (a pool with attention)"),
+        "all_live": (s.eager, ALL_KINDS, False, "all 6 kinds, live teacher (eager attention)"),
+        "cached5": (s.sdpa, CACHED_KINDS, True, "finetune, response, feature, relation, embedding from the cache (SDPA)"),
+        "all_cached": (s.eager, ALL_KINDS, True, "all 6 kinds with the cache: attention needs the live teacher"),
+        "ft_resp_live": (s.eager, ["finetune", "response"], False,
+                         "finetune + response selected from the all-kinds pool, live teacher (eager)"),
+        "vanilla_kd_live": (s.sdpa, ["finetune", "response"], False, "pool = finetune + response, live teacher (SDPA)"),
+        "vanilla_kd_cached": (s.sdpa, ["finetune", "response"], True, "pool = finetune + response, from the cache"),
+        "cached4_no_relation": (s.sdpa, ["finetune", "response", "feature", "embedding"], True,
+                                "cached kinds without relation (what relation costs beside the other cached kinds)"),
+    }
+
+
+class Stepper:
+    """Runs one training step of a configuration on the setup's next batch (what every timed case calls)."""
+
+    def __init__(self, s: BenchSetup, cache: Any) -> None:
+        self.s = s
+        self.sources = {id(m): (teacher_source(m.teacher, None, s.device, s.autocast),
+                                teacher_source(m.teacher, cache, s.device, s.autocast))
+                        for m in (s.eager, s.sdpa)}
+
+    def case(self, m: BenchModels, kinds: list[str], cached: bool, forward: torch.nn.Module | None = None) -> Callable[[], Any]:
+        """A closure that runs one step (``forward`` replaces the student's forward, e.g. a compiled one)."""
+        weights = {k: 1.0 for k in kinds}
+        fn = self.sources[id(m)][int(cached)]
+        s = self.s
+
+        model = m.student if forward is None else forward  # not `or`: a compiled module has no truth value
+
+        def run() -> Any:
+            batch, rows = s.next_batch()
+            return distill_step(model, m.student, m.knowledge, m.pool, weights, batch, rows, fn,
+                                m.optimizer, m.scheduler, s.scaler, 1.0, autocast=s.autocast)
+        return run
+
+
+def cache_rows(s: BenchSetup) -> tuple[Any, list[Row]]:
+    """Build the teacher-output cache; rows: build time and size per 1,000 examples."""
+    sizes, t, m = s.sizes, s.sizes.seq_len, s.sizes.model
+    cache, build_s, nbytes, layers = s.build_cache()
+    per_k = 1000 / sizes.cache_rows
+    return cache, [
+        Row("cache", "build_per_1k", m, 128, t, build_s * per_k, build_s * per_k, "s/1k examples", repeats=1,
+            note=f"{sizes.cache_rows} rows of {t} tokens, teacher hidden layers {layers} + logits, fp16"),
+        Row("cache", "size_per_1k", m, 0, t, math.nan, nbytes * per_k / 2**20, "MiB/1k examples", repeats=1,
+            note=f"unpadded fp16; {t} real tokens per row"),
+    ]
+
+
+def with_ratio_spread(row: Row, num: list[float], den: list[float]) -> Row:
+    """Attach the quartiles of the per-round ratios ``num[i] / den[i]`` (what the margin is sized from)."""
+    paired = paired_ratio(num, den)
+    row.ratio_q25, row.ratio_q75 = paired.q25, paired.q75
+    return row
+
+
+def step_rows(s: BenchSetup, stepper: Stepper) -> tuple[list[Row], dict[str, list[float]]]:
+    """Every configuration of :func:`step_configs`, interleaved; the checked ratios with their spreads."""
+    sizes = s.sizes
+    b, t, name_m = sizes.batch, sizes.seq_len, sizes.model
+    configs = step_configs(s)
+    times = interleaved({k: stepper.case(m, kinds, cached) for k, (m, kinds, cached, _) in configs.items()},
+                        sizes.repeats, sizes.warmup)
+    timing = {k: Timing.of(v) for k, v in times.items()}
+    plain = timing["plain"].median
+    rows = []
+    for name, (_, _, _, note) in configs.items():
+        tm = timing[name]
+        row = Row("step", name, name_m, b, t, tm.median, tm.median * 1000, "ms/step", tm.median / plain,
+                  repeats=tm.repeats, note=note, spread=tm.spread)
+        if name == "cached5":
+            check(with_ratio_spread(row, times["cached5"], times["plain"]), "cached_vs_plain", row.ratio)
+        rows.append(row)
+    ft_s, all_s = timing["ft_resp_live"].median, timing["all_live"].median
+    ft = Row("step", "ft_resp_vs_all_live", name_m, b, t, ft_s, ft_s / all_s, "x", ft_s / plain,
+             repeats=sizes.repeats, note="value = ft_resp_live / all_live: what skipping saves inside one run (same models)")
+    rows.append(check(with_ratio_spread(ft, times["ft_resp_live"], times["all_live"]), "ft_resp_vs_all", ft.value))
+    return rows, times
+
+
+def flop_rows(s: BenchSetup, stepper: Stepper, plain: Timing, peak: GemmPeak) -> list[Row]:
+    """The plain step's FLOPs (counted) and its achieved FLOP/s as a share of the measured GEMM peak."""
+    eff = step_efficiency(stepper.case(*step_configs(s)["plain"][:3]), plain.median, peak)
+    sz = s.sizes
+    return [Row("flops", "plain_step_vs_gemm_peak", sz.model, sz.batch, sz.seq_len, plain.median, eff.fraction,
+                "x GEMM peak", repeats=plain.repeats, spread=plain.spread,
+                note=f"{eff.flops / 1e9:.1f} GFLOP/step (FlopCounterMode, fwd+bwd) at {eff.flops_per_second / 1e9:.1f} "
+                     f"GFLOP/s; peak {peak.best / 1e9:.1f} GFLOP/s ({peak.dtype} {peak.size}^2 matmul, same run)")]
+
+
+def compile_rows(s: BenchSetup, stepper: Stepper, plain_s: float, log: Log) -> list[Row]:
+    """The plain step with the student's forward under torch.compile (``train.compile``) against eager, interleaved."""
+    sz = s.sizes
+    m, kinds, cached, _ = step_configs(s)["plain"]
+    compiled = torch.compile(m.student)  # what run_setup does when train.compile is on
+    start = clock()
+    stepper.case(m, kinds, cached, compiled)()  # the first step compiles (the cost every run pays once per shape)
+    compile_s = clock() - start
+    times = interleaved({"eager": stepper.case(m, kinds, cached), "compiled": stepper.case(m, kinds, cached, compiled)},
+                        sz.repeats, sz.warmup)
+    eager, comp = Timing.of(times["eager"]), Timing.of(times["compiled"])
+    paired = paired_ratio(times["compiled"], times["eager"])
+    log(f"  train.compile: {comp.median * 1000:.0f} ms vs eager {eager.median * 1000:.0f} ms (first step {compile_s:.0f} s)")
+    return [Row("step", "plain_compiled", sz.model, sz.batch, sz.seq_len, comp.median, comp.median / eager.median,
+                "x eager", comp.median / plain_s, repeats=comp.repeats, spread=comp.spread,
+                ratio_q25=paired.q25, ratio_q75=paired.q75,
+                note=f"train.compile: torch.compile(student) forward, plain step; value = compiled / eager "
+                     f"(interleaved; eager {eager.median * 1000:.0f} ms); first compiled step {compile_s:.1f} s")]
+
+
+def bench_model(sizes: Sizes, work: Path, log: Log, device: torch.device, peak: GemmPeak | None) -> list[Row]:
+    """All rows of one model setting (cache, steps, FLOPs, compile, selector)."""
+    s = BenchSetup(sizes, work, device)
+    cache, rows_out = cache_rows(s)
+    log(f"  cache: {rows_out[0].value:.1f} s and {rows_out[1].value:.1f} MiB per 1k examples")
+    stepper = Stepper(s, cache)
+    rows, times = step_rows(s, stepper)
+    rows_out += rows
+    log("  steps (ms): " + ", ".join(f"{r.name}={r.value:.0f}" for r in rows if r.unit == "ms/step"))
+    plain = Timing.of(times["plain"])
+    if peak is not None:
+        rows_out += flop_rows(s, stepper, plain, peak)
+        log(f"  plain step at {rows_out[-1].value:.1%} of the GEMM peak")
+    if sizes.compile:
+        rows_out += compile_rows(s, stepper, plain.median, log)
+    rows_out += selector_rows(s, stepper.sources[id(s.sdpa)][0], plain.median, log)
+    return rows_out
