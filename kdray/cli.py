@@ -108,7 +108,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     out = args.out or str(_scratch("bench"))
     print(f"[kdray] bench writes to {out}", flush=True)
-    return run_bench(quick=args.quick, out_dir=out, device=args.device)
+    return run_bench(quick=args.quick, out_dir=out, device=args.device, peers=args.peers, scale=args.scale)
 
 
 def _cmd_reward_noise(args: argparse.Namespace) -> int:
@@ -260,6 +260,11 @@ def _add_measure_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="folder for bench.parquet and bench.md (default: <kdray cache>/bench, e.g. ~/.cache/kdray)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where steps are timed (auto: a GPU when torch sees one)")
+    p.add_argument("--peers", action="store_true",
+                   help="also time TextBrewer on the same models and batches (pip install -e .[peers])")
+    p.add_argument("--scale", choices=["quick", "full", "paper"], default=None,
+                   help="model sizes: paper = a BERT-base-sized teacher and 6-layer student (default: quick with "
+                        "--quick, else full)")
     p.set_defaults(func=_cmd_bench)
 
     p = add("reward-noise", help="how the reward's noise and cost depend on the reward-set size (real data)")

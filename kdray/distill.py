@@ -15,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from kdray.config import RunConfig
+from kdray.export import STUDENT_FOLDER, save_student, train_commands
 from kdray.io import atomic_torch_save, atomic_write, atomic_write_text
 from kdray.loop import Loop, Report
-from kdray.models import count_parameters
+from kdray.models import count_parameters, load_tokenizer
 from kdray.records import RunResult
 from kdray.registry import method_name
 from kdray.run_setup import RunSetup, set_up
@@ -51,9 +52,14 @@ def train(
     while not loop.final:  # stage 1: episodes that train a learning selector
         loop.run_segment()
     loop.run_segment()  # the final run
+    loop.close()
     result = run_record(setup, loop.state)
     if setup.rank == 0:
-        write_record(result, loop.state.selector, Path(config.output_dir))
+        out = Path(config.output_dir)
+        write_record(result, loop.state.selector, out)
+        # the deployable student: a transformers folder with its tokenizer and a model card
+        save_student(loop.state.student, load_tokenizer(str(setup.teacher_path)), out / STUDENT_FOLDER, result,
+                     train_commands(result), config)
     return result
 
 

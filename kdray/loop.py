@@ -48,6 +48,7 @@ from kdray.selection.bandit import BanditSelector, BanditState
 from kdray.selection.base import PhaseOutcome, PhaseState
 from kdray.state import EvalWindow, LastEval, Phase, TrainingState
 from kdray.state_features import bandit_features
+from kdray.tblog import PhaseLog
 from kdray.step import StepResult, phase_state
 from kdray.training import adamw, evaluate, linear_schedule
 
@@ -69,6 +70,8 @@ class Loop:
             optimizer=optimizer, scheduler=scheduler, device=setup.device,
             normalizer=LossNormalizer.from_config(setup.config.knowledge))
         self._bar: Any = None
+        logdir = setup.config.tensorboard_dir
+        self.tensorboard = PhaseLog(logdir) if logdir and setup.rank == 0 else None  # every phase end, every eval
 
     def _optimiser(self, segment: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         tc, m = self.setup.config.train, self.setup.models
@@ -153,6 +156,8 @@ class Loop:
         episode_end = done and not self.final  # saved by run_segment once the next segment has started
         if setup.rank == 0 and due and not episode_end:
             checkpoint.save(st.state_dict(), setup.config.output_dir)
+        if metrics is not None and self.tensorboard is not None:
+            self.tensorboard.log_eval(st.counters.steps, metrics)
         if metrics is not None and self.report is not None:
             self.report(metrics)
 
@@ -217,9 +222,17 @@ class Loop:
                 "knowledge": kind, "weight": float(weights.get(kind, 0.0)), "reward": float(record.reward),
                 "q_value": float(record.q_value), "reward_set_loss": float(record.reward_set_loss),
             })
+        if self.tensorboard is not None:
+            self.tensorboard.log_phase(st.counters.steps, weights, record.reward, record.q_value, record.reward_set_loss,
+                                       mean_losses, st.counters.steps / max(st.counters.step_seconds, 1e-9))
         st.phase = Phase(reward=after, losses=mean_losses, next_state=None if done else replace(nxt),
                          reward_delta=after - st.phase.reward)
         st.counters.selector_seconds += time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Flush what the run logs (TensorBoard events)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def _reward_set_loss(self) -> float:
         return reward_set_loss(self.setup, self.state)

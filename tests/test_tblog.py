@@ -57,3 +57,24 @@ def test_logging_section_rejects_unknown_keys(tmp_path: Path) -> None:
     (tmp_path / "s.yaml").write_text(space)
     with pytest.raises(ConfigError, match="tensorbord"):
         load_sweep_config(tmp_path / "s.yaml")
+
+
+def test_a_run_logs_every_phase_and_saves_its_student(rte_config, tiny_teacher: str, tmp_path: Path) -> None:
+    """The loop writes TensorBoard scalars at each phase end and evaluation, and leaves a loadable student."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import AutoModelForSequenceClassification
+
+    from kdray.distill import train
+
+    logdir = tmp_path / "tb"
+    cfg = rte_config(tmp_path / "run", **{"train.max_steps": 6, "train.eval_every": 3}).model_copy(
+        update={"tensorboard_dir": str(logdir)})
+    result = train(cfg, teacher_path=tiny_teacher)
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    weight_tags = [t for t in tags if "weight" in t]
+    assert weight_tags and len(acc.Scalars(weight_tags[0])) == 2  # two phases of 3 steps
+    assert any(t.startswith("dev/") for t in tags)
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "student")
+    assert student.config.num_hidden_layers == 2 and result.dev_score == result.dev_score
