@@ -66,6 +66,15 @@ def test_grid_sweep_with_a_nan_trial(tmp_path: Path, glue_dir: Path, trainer: st
     assert sorted(ok["seed"]) == [1, 2] and (ok["method"] == "vanilla_kd").all() and (ok["train_steps"] == 4).all()
     assert (bad["status"] == "ERROR").all() and bad["error"].str.contains("non-finite").all()
     assert set(traces["trial_id"]) <= set(ok["trial_id"]) and len(traces) > 0
+    if trainer == "auto":  # what a user watches and keeps: TensorBoard events per trial, the best student
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        for trial_id in ok["trial_id"]:
+            acc = EventAccumulator(str(tmp_path / "runs" / "grid" / "tensorboard" / trial_id))
+            acc.Reload()
+            assert any("weight" in tag for tag in acc.Tags()["scalars"])
+        kept = trials["student_path"].dropna()
+        assert len(kept) == 1 and (Path(kept.iloc[0]) / "config.json").is_file()  # one task: one best student
 
 
 def test_optuna_sweep(tmp_path: Path, glue_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
