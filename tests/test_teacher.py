@@ -38,8 +38,11 @@ def test_bucketed_batches_cover_every_row_once_with_little_padding() -> None:
 def test_cache_key_changes_with_what_changes_the_teacher(tmp_path: Path) -> None:
     run = _run(tmp_path)
     base = teacher_cache_dir("rte", run.teacher, run.data, 64, tmp_path)
-    assert base == teacher_cache_dir("rte", run.teacher, run.data.model_copy(update={"dir": "/x"}), 64, tmp_path)
+    # the data folder is part of the key since issue 19.9 (a teacher of other rows is never reused; before,
+    # this test asserted the opposite); the tokenization cache folder is not
+    assert base == teacher_cache_dir("rte", run.teacher, run.data.model_copy(update={"cache_dir": "/x"}), 64, tmp_path)
     for other in (
+        teacher_cache_dir("rte", run.teacher, run.data.model_copy(update={"dir": "/x"}), 64, tmp_path),
         teacher_cache_dir("mrpc", run.teacher, run.data, 64, tmp_path),
         teacher_cache_dir("rte", run.teacher.model_copy(update={"lr": 2e-3}), run.data, 64, tmp_path),
         teacher_cache_dir("rte", run.teacher.model_copy(update={"seed": 8}), run.data, 64, tmp_path),
