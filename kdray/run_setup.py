@@ -23,7 +23,7 @@ from kdray.glue import TaskSpec, get_task, make_collator, prepare_data
 from kdray.glue.prepare import PreparedData
 from kdray.knowledge import KnowledgeContext, build_knowledge, needs_of
 from kdray.loop_data import BatchOrder, RewardSet, collate_rows, dist_info, to_device
-from kdray.models import build_student, layer_map, load_teacher, load_tokenizer
+from kdray.models import build_student, load_teacher, load_tokenizer
 from kdray.paths import cache_root
 from kdray.selection.base import Selector, build_selector
 from kdray.step import TeacherFn, teacher_source
@@ -137,18 +137,10 @@ def _models(config: RunConfig, spec: TaskSpec, teacher: nn.Module, selector: Sel
     """Student and knowledge projections beside the frozen teacher, seeded from ``train.seed``."""
     torch.manual_seed(config.train.seed)
     student = build_student(teacher, config.student, spec).to(device)
-    pairs = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers, config.knowledge.layer_map)
-    kctx = KnowledgeContext(
-        layer_map=tuple((int(s), int(t)) for s, t in pairs),
-        student_width=student.config.hidden_size,
-        teacher_width=teacher.config.hidden_size,
-        student_heads=student.config.num_attention_heads,
-        teacher_heads=teacher.config.num_attention_heads,
-        temperature=config.knowledge.temperature,
-        is_regression=spec.is_regression,
+    kctx = KnowledgeContext.between(
+        student, teacher, config.knowledge.layer_map, config.knowledge.temperature,
         # the selector may define its own kind set and feature mode (e.g. pkd)
-        feature_mode=getattr(selector, "feature_mode", None) or config.knowledge.feature_mode,
-    )
+        getattr(selector, "feature_mode", None) or config.knowledge.feature_mode, spec.is_regression)
     knowledge = build_knowledge(selector.pool, kctx).to(device)
     forward: nn.Module = student
     if world > 1:

@@ -18,7 +18,7 @@ from kdray.config import EVAL_BATCH_SIZE, KnowledgeConfig, StudentConfig
 from kdray.glue import get_task
 from kdray.knowledge import KnowledgeContext, build_knowledge, needs_of
 from kdray.loop_data import collate_rows, to_device
-from kdray.models import build_student, layer_map, load_teacher
+from kdray.models import build_student, load_teacher
 from kdray.perf.pair import SHAPES, random_teacher
 from kdray.perf.timing import clock
 from kdray.teacher_outputs import build_teacher_cache
@@ -47,17 +47,8 @@ class BenchModels:
         self.n_student = self.student.config.num_hidden_layers
         self.n_teacher = self.teacher.config.num_hidden_layers
         kcfg = KnowledgeConfig()
-        pairs = layer_map(self.n_student, self.n_teacher, kcfg.layer_map)
-        self.kctx = KnowledgeContext(
-            layer_map=tuple((int(s), int(t)) for s, t in pairs),
-            student_width=self.student.config.hidden_size,
-            teacher_width=self.teacher.config.hidden_size,
-            student_heads=self.student.config.num_attention_heads,
-            teacher_heads=self.teacher.config.num_attention_heads,
-            temperature=kcfg.temperature,
-            is_regression=False,
-            feature_mode=kcfg.feature_mode,
-        )
+        self.kctx = KnowledgeContext.between(self.student, self.teacher, kcfg.layer_map, kcfg.temperature,
+                                             kcfg.feature_mode)
         self.pool = ALL_KINDS if eager else CACHED_KINDS
         self.knowledge = build_knowledge(self.pool, self.kctx).to(device)
         self.optimizer = adamw([self.student, self.knowledge], 5e-5, 0.01)

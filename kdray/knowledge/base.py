@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from kdray.models import LayerMapMode, layer_map
 from kdray.registry import KNOWLEDGE_KINDS, require_declared
 
 
@@ -77,6 +78,18 @@ class KnowledgeContext:
     temperature: float = 4.0
     is_regression: bool = False
     feature_mode: str = "full"
+
+    @classmethod
+    def between(cls, student: nn.Module, teacher: nn.Module, layer_map_mode: LayerMapMode = "skip",
+                temperature: float = 4.0, feature_mode: str = "full",
+                is_regression: bool = False) -> "KnowledgeContext":
+        """The context of two transformers models: widths, heads and the layer map read off their configs."""
+        s, t = student.config, teacher.config  # type: ignore[union-attr]
+        pairs = layer_map(s.num_hidden_layers, t.num_hidden_layers, layer_map_mode)
+        return cls(layer_map=tuple((int(a), int(b)) for a, b in pairs), student_width=s.hidden_size,
+                   teacher_width=t.hidden_size, student_heads=s.num_attention_heads,
+                   teacher_heads=t.num_attention_heads, temperature=temperature, is_regression=is_regression,
+                   feature_mode=feature_mode)
 
 
 class Knowledge(nn.Module):

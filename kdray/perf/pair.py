@@ -18,7 +18,7 @@ from transformers import BertConfig, BertForSequenceClassification, PreTrainedMo
 from kdray.config import KnowledgeConfig, StudentConfig
 from kdray.glue import get_task
 from kdray.knowledge import KnowledgeContext
-from kdray.models import TINY_BERT_CONFIG, build_student, layer_map
+from kdray.models import TINY_BERT_CONFIG, build_student
 
 VOCAB = int(TINY_BERT_CONFIG["vocab_size"])  # BERT's uncased WordPiece vocabulary, as every shape here uses
 
@@ -87,16 +87,7 @@ def build_pair(shape: Shape, eager: bool, sides: int = 2, device: torch.device |
     for s in students:
         s.train()
     kcfg = KnowledgeConfig()
-    pairs = layer_map(shape.student_layers, shape.teacher_layers, kcfg.layer_map)
-    ctx = KnowledgeContext(
-        layer_map=tuple((int(s), int(t)) for s, t in pairs),
-        student_width=student.config.hidden_size,
-        teacher_width=teacher.config.hidden_size,
-        student_heads=student.config.num_attention_heads,
-        teacher_heads=teacher.config.num_attention_heads,
-        temperature=kcfg.temperature,
-        feature_mode=kcfg.feature_mode,
-    )
+    ctx = KnowledgeContext.between(student, teacher, kcfg.layer_map, kcfg.temperature, kcfg.feature_mode)
     return Pair(shape, teacher, students, ctx)
 
 
