@@ -78,3 +78,28 @@ def rte_run(glue_dir: Path, out: Path, **over: object):
 def rte_config(glue_dir: Path):
     """``rte_config(out, **dotted_overrides)``: :func:`rte_run` on the real GLUE folder."""
     return lambda out, **over: rte_run(glue_dir, out, **over)
+
+
+# --------------------------------------------------------------------------- processes and ports (Ray tests)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free right now (for a Ray head and its servers)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of ``pid`` from /proc (``Z`` zombie, ...), or ``gone``."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return text[text.rindex(")") + 2:].split()[0]

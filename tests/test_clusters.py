@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 import ray
 import yaml
 
+from conftest import free_ports
 from kdray.cli import build_parser
 from kdray.results import load
 
@@ -78,16 +78,6 @@ def test_readme_submit_block_is_well_formed() -> None:
     assert args.address == "auto" and (REPO / args.space).is_file()
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_readme_ray_job_submit_runs_as_written(tmp_path: Path, glue_dir: Path) -> None:
     """A 127.0.0.1 head with token auth (its own HOME and token, never the user's), then the README block as
@@ -102,7 +92,7 @@ def test_readme_ray_job_submit_runs_as_written(tmp_path: Path, glue_dir: Path) -
     env.pop("RAY_AUTH_MODE", None)
     env.pop("RAY_ADDRESS", None)
     subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
-    gcs, dashboard, agent, runtime_agent = _free_ports(4)
+    gcs, dashboard, agent, runtime_agent = free_ports(4)
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", "3",
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--dashboard-agent-listen-port",

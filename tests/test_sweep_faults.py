@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import free_ports, process_state
 from kdray.results import load
 from kdray.sweep import reaper
 
@@ -72,19 +73,11 @@ def gone_within(processes: dict[int, int], seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
     left = list(processes)
     while time.monotonic() < deadline:
-        left = [p for p, start in processes.items() if reaper.alive(p, start) and _state(p) != "Z"]
+        left = [p for p, start in processes.items() if reaper.alive(p, start) and process_state(p) != "Z"]
         if not left:
             break
         time.sleep(0.2)
     return left
-
-
-def _state(pid: int) -> str:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "gone"
-    return text[text.rindex(")") + 2:].split()[0]
 
 
 def temps(folder: Path) -> list[str]:
@@ -194,19 +187,9 @@ def test_killed_driver_twice_then_resume(tmp_path: Path, glue_dir: Path) -> None
     assert temps(sweep_dir) == [] and not (sweep_dir / reaper.PIDFILE).exists()
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _node(gcs_port: int | None, node_env: dict[str, str], cpus: int) -> subprocess.Popen:
     """``ray start --block`` of a head (gcs_port None: the GCS port is chosen) or a worker joining it."""
-    agent, runtime_agent, metrics = _free_ports(3)
+    agent, runtime_agent, metrics = free_ports(3)
     common = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--disable-usage-stats",
               "--dashboard-agent-listen-port", str(agent), "--runtime-env-agent-port", str(runtime_agent),
               "--metrics-export-port", str(metrics)]
@@ -237,11 +220,11 @@ def test_lost_node_trial_resumes_from_its_checkpoint(tmp_path: Path, glue_dir: P
     node_env = env(HOME=str(home), RAY_health_check_period_ms="500", RAY_health_check_failure_threshold="3",
                    RAY_health_check_timeout_ms="500", RAY_health_check_initial_delay_ms="500")
     node_env.pop("RAY_AUTH_MODE", None)
-    (gcs,) = _free_ports(1)
+    (gcs,) = free_ports(1)
     head = subprocess.Popen([RAY, "start", "--head", "--port", str(gcs), "--block", "--node-ip-address", "127.0.0.1",
                              "--num-cpus", "0", "--include-dashboard", "false", "--disable-usage-stats",
-                             "--dashboard-agent-listen-port", str(_free_ports(1)[0]),
-                             "--runtime-env-agent-port", str(_free_ports(1)[0])],
+                             "--dashboard-agent-listen-port", str(free_ports(1)[0]),
+                             "--runtime-env-agent-port", str(free_ports(1)[0])],
                             env=node_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     nodes = [head]
     runs = tmp_path / "runs"

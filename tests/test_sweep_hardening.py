@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import process_state
 from kdray import results
 from kdray.report import render
 from kdray.sweep import reaper
@@ -37,18 +38,10 @@ GOOD = (Path(__file__).resolve().parent / "spaces" / "good.yaml").read_text()
 def _gone_within(pids: list[int], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids):
+        if not any(Path(f"/proc/{pid}").exists() and "Z" not in process_state(pid) for pid in pids):
             return True
         time.sleep(0.2)
     return False
-
-
-def _state(pid: int) -> str:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "gone"
-    return text[text.rindex(")") + 2:].split()[0]
 
 
 # --------------------------------------------------------------------------- 19.6 the watchdog
@@ -86,7 +79,7 @@ def test_watchdog_ends_a_killed_drivers_processes(tmp_path: Path) -> None:
         tree = [int(p) for p in listed]
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-        assert _gone_within(tree, 10), [(p, _state(p)) for p in tree]
+        assert _gone_within(tree, 10), [(p, process_state(p)) for p in tree]
         deadline = time.monotonic() + 5
         while pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
