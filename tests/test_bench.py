@@ -22,7 +22,7 @@ from kdray.bench import TARGETS, Row, check, render
 REPO = Path(__file__).resolve().parents[1]
 
 EXPECTED_STEP_ROWS = {"plain", "plain_eager", "all_live", "cached5", "all_cached", "ft_resp_live", "vanilla_kd_live", "vanilla_kd_cached",
-                      "cached4_no_relation", "ft_resp_vs_all_live"}
+                      "cached4_no_relation", "ft_resp_vs_all_live", "unselected_kinds_overhead"}
 EXPECTED_SELECTOR_ROWS = {"phase_state", "phase_reward_set", "phase_decide", "phase_observe", "phase_total",
                           "overhead_ps1", "overhead_ps10", "overhead_ps50", "overhead_ps50_networks_only",
                           "overhead_ps50_eval256"}
@@ -31,7 +31,7 @@ EXPECTED_SELECTOR_ROWS = {"phase_state", "phase_reward_set", "phase_decide", "ph
 CHECKS = {
     ("selector", "overhead_ps50"): "selector_ps50",
     ("step", "cached5"): "cached_vs_plain",
-    ("step", "ft_resp_vs_all_live"): "ft_resp_vs_all",
+    ("step", "unselected_kinds_overhead"): "unselected_kinds_overhead",
     ("ray", "per_trial_overhead"): "ray_per_trial_s",
 }
 KNOWN_MISSES = {

@@ -90,6 +90,44 @@ def test_watchdog_ends_a_killed_drivers_processes(tmp_path: Path) -> None:
         driver.kill()
 
 
+ORPHANING_DRIVER = """
+import os, subprocess, sys, time
+sys.path.insert(0, {repo!r})
+from kdray.sweep import reaper
+reaper.start_watchdog({pidfile!r})
+# a grandchild whose parent exits at once: reparented to init before the watchdog could see it in the tree
+orphan = subprocess.run(['sh', '-c', 'sleep 300 >/dev/null 2>&1 & echo $!'], check=True, capture_output=True, text=True)
+print(orphan.stdout.strip(), flush=True)  # after its parent shell has exited
+time.sleep(300)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the watchdog reads /proc")
+def test_watchdog_ends_an_orphan_of_the_drivers_tree_by_its_marker(tmp_path: Path) -> None:
+    """A process the driver's tree started but that left the tree (its parent exited) is still ended: it
+    carries the driver's marker in its environment; a process without it is not touched."""
+    pidfile = tmp_path / reaper.PIDFILE
+    stranger = subprocess.Popen(["sleep", "300"])
+    driver = subprocess.Popen([sys.executable, "-c", ORPHANING_DRIVER.format(repo=str(REPO), pidfile=str(pidfile))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout is not None
+        orphan = int(driver.stdout.readline())
+        assert reaper.start_time(orphan) is not None and orphan not in reaper.descendants(driver.pid)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(  # the watchdog has started
+                b"reaper.py" in Path(f"/proc/{p}/cmdline").read_bytes() for p in reaper.descendants(driver.pid)):
+            time.sleep(0.1)
+        time.sleep(2 * reaper.POLL_SECONDS)  # and looked at its driver at least once
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        assert _gone_within([orphan], 10), process_state(orphan)
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        driver.kill()
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the watchdog reads /proc")
 def test_leftovers_of_a_dead_driver_are_reaped_and_reused_pids_spared(tmp_path: Path) -> None:
     dead = subprocess.Popen(["true"])

@@ -7,8 +7,11 @@ descendants (pid and start time, from ``/proc``) in ``<sweep>/.ray_processes.jso
 gone it ends those still running (SIGTERM, then SIGKILL) and removes the file. If the watchdog itself was
 killed, the next run of the sweep ends what the file lists (:func:`reap_leftovers`).
 
-Only processes that descended from a kdray driver are ever signalled, and only while their start time
-still matches the one recorded, so a reused pid is never hit. Linux only (``/proc``); elsewhere it does
+A process the driver's tree started after the watchdog's last look (a Ray worker spawned as the driver
+died) is found two more ways: as a descendant of a recorded process, and by the ``KDRAY_SWEEP_DRIVER``
+variable every process of the driver's tree inherits (``/proc/<pid>/environ``; reparenting to init does
+not change it). Only processes that descended from a kdray driver are ever signalled, and only while their
+start time still matches the one recorded, so a reused pid is never hit. Linux only (``/proc``); elsewhere it does
 nothing. Run as a script (``python reaper.py DRIVER_PID PIDFILE``) so it starts without importing the sweep.
 """
 
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 PIDFILE = ".ray_processes.json"
+MARKER = "KDRAY_SWEEP_DRIVER"  # "<pid>:<start time>" of the driver, inherited by everything it starts
+REAP_ROUNDS = 5  # after the driver ends: reap, look again for what the reaped processes had started, ...
 POLL_SECONDS = 0.5
 TERM_GRACE_SECONDS = 3.0
 
@@ -65,9 +70,57 @@ def descendants(root: int) -> dict[int, int]:
 
 
 def alive(pid: int, start: int) -> bool:
-    """Whether ``pid`` is still the process that started at ``start`` (not a reused pid)."""
+    """Whether ``pid`` is still the process that started at ``start`` (not a reused pid) and not a zombie."""
     found = _stat(pid)
-    return found is not None and found[1] == start
+    return found is not None and found[1] == start and not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A zombie has ended; only its parent's wait is missing (nothing to signal)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return text[text.rindex(")") + 2:].split()[0] == "Z"
+
+
+def marker_of(pid: int, start: int) -> str:
+    """The value of ``MARKER`` in the environment of a driver's tree."""
+    return f"{pid}:{start}"
+
+
+def marked(marker: str) -> dict[int, int]:
+    """pid -> start time of every live process whose environment carries ``MARKER=marker``."""
+    needle = f"{MARKER}={marker}".encode()
+    out: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{entry.name}/environ").read_bytes()
+        except OSError:  # gone, or another user's process
+            continue
+        if needle in env.split(b"\0"):
+            found = _stat(int(entry.name))
+            if found is not None:
+                out[int(entry.name)] = found[1]
+    return out
+
+
+def reap_tree(processes: dict[int, int], marker: str) -> list[int]:
+    """Reap ``processes``, what they started and every process carrying ``marker``, until none is left."""
+    hit: list[int] = []
+    for _ in range(REAP_ROUNDS):
+        live = {pid: start for pid, start in processes.items() if alive(pid, start)}
+        for pid in list(live):
+            live.update(descendants(pid))
+        live.update(marked(marker))
+        live.pop(os.getpid(), None)
+        if not live:
+            break
+        hit += [pid for pid in reap(live) if pid not in hit]
+        processes = live
+    return hit
 
 
 def reap(processes: dict[int, int]) -> list[int]:
@@ -113,7 +166,7 @@ def watch(driver: int, pidfile: Path) -> None:
             known = {pid: start for pid, start in {**known, **current}.items() if alive(pid, start)}
             write_state(pidfile, {"driver": [driver, driver_start], "processes": known})
         time.sleep(POLL_SECONDS)
-    reap(known)
+    reap_tree(known, marker_of(driver, driver_start))
     pidfile.unlink(missing_ok=True)
 
 
@@ -128,7 +181,7 @@ def reap_leftovers(pidfile: str | Path) -> list[int]:
         return []
     if alive(int(driver), int(driver_start)):
         return []  # that sweep is still running; its lock keeps this run out anyway
-    hit = reap(processes)
+    hit = reap_tree(processes, marker_of(int(driver), int(driver_start)))
     pidfile.unlink(missing_ok=True)
     return hit
 
@@ -137,6 +190,7 @@ def start_watchdog(pidfile: str | Path) -> subprocess.Popen | None:
     """Start the watchdog of this driver (None where /proc is missing)."""
     if not Path("/proc/self/stat").exists():
         return None
+    os.environ[MARKER] = marker_of(os.getpid(), start_time(os.getpid()) or 0)  # before Ray starts: inherited
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(os.getpid()), str(pidfile)],
