@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +19,7 @@ import pytest
 import ray
 import yaml
 
+from conftest import free_ports
 from kdray.cli import main
 from kdray.io import try_locked
 from kdray.sweep import run_sweep
@@ -165,6 +168,35 @@ def test_unknown_offline_model_name(tmp_path: Path, glue_dir: Path, capsys: pyte
         refused(["sweep", str(path), "--storage", str(tmp_path / "runs"), *extra], capsys, "teacher.model",
                 "tiny-bertt", "offline", max_lines=1)
     assert not (tmp_path / "runs").exists()
+
+
+def test_hub_data_with_the_hub_unreachable_fails_at_once(tmp_path: Path, glue_dir: Path,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without HF_DATASETS_OFFLINE, data from the hub on a machine that cannot reach it is refused in seconds
+    (a closed port stands for the hub), not after datasets' retries; a reachable endpoint passes the probe."""
+    from kdray.sweep import preflight
+
+    (port,) = free_ports(1)
+    for var in ("HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    preflight.hub_reachable.cache_clear()
+    try:
+        path = space(tmp_path, glue_dir, data={"source": "auto", "dir": str(tmp_path / "no_glue_here")})
+        start = time.monotonic()
+        refused(["sweep", str(path), "--storage", str(tmp_path / "runs"), "--dry-run"], capsys, "data: task rte",
+                "cannot be reached", f"127.0.0.1:{port}", max_lines=1)
+        assert time.monotonic() - start < 30
+        with socket.socket() as server:  # something listening: the probe says reachable
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+            preflight.hub_reachable.cache_clear()
+            assert preflight.hub_reachable()
+    finally:
+        preflight.hub_reachable.cache_clear()
 
 
 def test_report_on_a_foreign_parquet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
