@@ -93,6 +93,29 @@ def test_optuna_sweep(tmp_path: Path, glue_dir: Path, capfd: pytest.CaptureFixtu
     assert all(list(p) in (["finetune"], ["finetune", "response"]) for p in trials["knowledge_pool"])
 
 
+@pytest.mark.slow
+def test_wandb_and_mlflow_callbacks_log_real_runs(tmp_path: Path, glue_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`logging:` with both packages installed (`pip install -e .[logging]`): W&B offline and MLflow write the
+    trial's run inside the sweep folder (their default places). Skipped where the packages are not installed."""
+    pytest.importorskip("wandb")
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)  # offline runs still need a key for Ray's callback
+    path = space(tmp_path, glue_dir, "logs", {"mode": "grid"})
+    doc = yaml.safe_load(path.read_text())
+    doc["logging"] = {"wandb": {"project": "kdray-test"}, "mlflow": {"experiment_name": "kdray-test"}}
+    path.write_text(yaml.safe_dump(doc))
+    assert run_sweep(str(path), storage=str(tmp_path / "runs")) == 0
+    sweep_dir = tmp_path / "runs" / "logs"
+    trials, _ = load(sweep_dir)
+    assert list(trials["status"]) == ["TERMINATED"]
+    assert list((sweep_dir / "wandb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{sweep_dir.resolve() / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("kdray-test").experiment_id])
+    assert len(runs) == 1 and runs[0].data.metrics["dev_score"] == pytest.approx(trials["dev_score"].iloc[0])
+
+
 def test_committed_parquet_restored_into_fresh_storage_resumes(tmp_path: Path, glue_dir: Path) -> None:
     """The study procedure across sittings (results/glue_study/README.md): a sweep's trials.parquet and
     traces.parquet are committed, a fresh machine copies them into a new storage folder and runs the grown space

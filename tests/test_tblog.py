@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kdray.config import ConfigError, load_sweep_config
+from kdray.config import ConfigError, SweepConfig, load_sweep_config
 from kdray.tblog import PhaseLog, tensorboard_command, trial_logdir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,18 +38,58 @@ def test_phase_log_writes_what_tensorboard_reads_back(tmp_path: Path) -> None:
     assert tensorboard_command(tmp_path / "smoke") == f"tensorboard --logdir {tmp_path / 'smoke' / 'tensorboard'}"
 
 
-@pytest.mark.parametrize("key", ["wandb", "mlflow"])
-def test_logging_section_names_a_missing_package(tmp_path: Path, key: str) -> None:
-    from kdray.sweep.loggers import check_logging
-
-    if importlib.util.find_spec(key) is not None:
-        pytest.skip(f"{key} is installed here: the missing-package path cannot be reached")
-    space = (REPO / "search_spaces" / "smoke.yaml").read_text() + f"logging: {{{key}: {{project: kd}}}}\n"
+def _sweep_with_logging(tmp_path: Path, logging: str) -> SweepConfig:
+    space = (REPO / "search_spaces" / "smoke.yaml").read_text() + f"logging: {logging}\n"
     (tmp_path / "s.yaml").write_text(space)
-    sweep = load_sweep_config(tmp_path / "s.yaml")
+    return load_sweep_config(tmp_path / "s.yaml")
+
+
+@pytest.mark.parametrize("key", ["wandb", "mlflow"])
+def test_logging_section_names_a_missing_package(tmp_path: Path, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdray.sweep import loggers
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name, *a: None if name == key else real(name, *a))
+    sweep = _sweep_with_logging(tmp_path, f"{{{key}: {{project: kd}}}}")
     assert getattr(sweep.logging, key) == {"project": "kd"}
     with pytest.raises(ConfigError, match=f"logging.{key}: the '{key}' package is not installed; `pip install {key}`"):
-        check_logging(sweep)
+        loggers.check_logging(sweep)
+
+
+def test_logging_refuses_what_rays_callbacks_would_fail_on_late(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B without any key (offline too) and MLflow's refused file store are named before Ray starts; a key in
+    the environment or the space passes."""
+    from kdray.sweep import loggers
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name, *a: real("json") if name in ("wandb", "mlflow")
+                        else real(name, *a))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    with pytest.raises(ConfigError, match="logging.wandb: no W&B API key.*WANDB_MODE=offline"):
+        loggers.check_logging(_sweep_with_logging(tmp_path, "{wandb: {project: kd}}"))
+    loggers.check_logging(_sweep_with_logging(tmp_path, "{wandb: {project: kd, api_key_file: /k}}"))
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    loggers.check_logging(_sweep_with_logging(tmp_path, "{wandb: {project: kd}}"))
+    with pytest.raises(ConfigError, match="logging.mlflow.tracking_uri 'file:./mlruns'.*sqlite:///"):
+        loggers.check_logging(_sweep_with_logging(tmp_path, "{mlflow: {tracking_uri: 'file:./mlruns'}}"))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    loggers.check_logging(_sweep_with_logging(tmp_path, "{mlflow: {tracking_uri: 'file:./mlruns'}}"))
+
+
+def test_logging_files_default_to_the_sweep_folder(tmp_path: Path) -> None:
+    from kdray.sweep.loggers import with_default_places
+
+    sweep_dir = tmp_path / "runs" / "s"
+    assert with_default_places("mlflow", {"experiment_name": "kd"}, str(sweep_dir)) == {
+        "experiment_name": "kd", "tracking_uri": f"sqlite:///{sweep_dir.resolve() / 'mlflow.db'}"}
+    assert with_default_places("wandb", {"project": "kd"}, str(sweep_dir)) == {
+        "project": "kd", "dir": str((sweep_dir / "wandb").resolve())}
+    assert (sweep_dir / "wandb").is_dir()
+    kept = {"tracking_uri": "http://mlflow:5000"}
+    assert with_default_places("mlflow", kept, str(sweep_dir)) == kept
+    assert with_default_places("wandb", {"project": "kd"}, "s3://b/s") == {"project": "kd"}
 
 
 def test_logging_section_rejects_unknown_keys(tmp_path: Path) -> None:

@@ -233,7 +233,7 @@ def _run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, r
             run_config=tune.RunConfig(
                 name=tuner_name, storage_path=sweep_dir,
                 callbacks=[make_recorder(local_dir, ctx, sweep_dir if "://" in sweep_dir else None),
-                           *logger_callbacks(sweep)],
+                           *logger_callbacks(sweep, sweep_dir)],
                 # a trial whose process or node died restarts from its last checkpoint (attempts counts them)
                 failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
