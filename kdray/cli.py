@@ -63,7 +63,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"[kdray] training {config.task} with {config.selector.name} into {config.output_dir}", flush=True)
     result = train(config, teacher_path=args.teacher)
     print(json.dumps({"task": result.task, "method": result.method, "dev_score": result.dev_score,
-                      "dev_metrics": result.dev_metrics, "train_seconds": round(result.train_seconds, 1),
+                      "dev_metrics": result.dev_metrics, "holdout_score": result.holdout_score,
+                      "train_seconds": round(result.train_seconds, 1),
                       "samples_per_second": round(result.samples_per_second, 1),
                       "output_dir": config.output_dir}, indent=2))
     return 0
@@ -100,6 +101,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     row = export_best(args.results_dir, args.task, args.out)
     print(f"[kdray] exported {row['trial_id']} ({row['method']}, dev_score={row['dev_score']:.4f}) to {args.out}")
+    return 0
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    from kdray.best import best_overrides
+
+    print(best_overrides(args.sweep_dir, metric=args.metric, prefix=args.prefix, direction=args.mode))
     return 0
 
 
@@ -230,7 +238,7 @@ def _add_run_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _add_result_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """report, export, tasks: the commands that read results or data."""
+    """report, export, best, tasks: the commands that read results or data."""
     p = add("report", help="paper-style tables and plots from a sweep's Parquet files")
     p.add_argument("results_dir")
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md", help="table format")
@@ -245,6 +253,14 @@ def _add_result_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--task", required=True, choices=GLUE_TASKS)
     p.add_argument("--out", required=True, help="a new (or empty) folder to copy the student into")
     p.set_defaults(func=_cmd_export)
+
+    p = add("best", help="a search's best values per task, as a task_overrides block for a space file")
+    p.add_argument("sweep_dir", help="the sweep folder (holding trials.parquet)")
+    p.add_argument("--metric", default="holdout_score", help="the trials.parquet column the best trial is chosen by")
+    p.add_argument("--mode", choices=["max", "min"], default="max", help="whether the metric is maximised")
+    p.add_argument("--prefix", default="selector.schedule",
+                   help="print the searched keys under this dotted prefix ('' = every searched key)")
+    p.set_defaults(func=_cmd_best)
 
     p = add("tasks", help="the GLUE tasks, their metrics and local row counts")
     p.add_argument("--data-dir", default=None,

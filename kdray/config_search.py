@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kdray.config_paths import StrictModel
+from kdray.records import SEARCH_METRICS
 
 DISTRIBUTION_KINDS: tuple[str, ...] = ("choice", "grid", "uniform", "loguniform", "int")
 
@@ -78,6 +79,24 @@ class SearchConfig(StrictModel):
     # restarts a DDP trial's workers the same way). A trial that raises (NaN loss, a bad setting) is not
     # retried: it is recorded as ERROR at once.
     max_failures: int = Field(default=2, ge=0, le=100)
+
+    @field_validator("metric")
+    @classmethod
+    def _reported(cls, metric: str) -> str:
+        """Tune stops the sweep at the first report without the study's metric, after teachers and trials ran:
+        a metric that trials do not report (a typo) is refused here, before Ray starts."""
+        if metric not in SEARCH_METRICS:
+            raise ValueError(f"{metric!r} is not a metric trials report; allowed: {', '.join(SEARCH_METRICS)}")
+        return metric
+
+    @model_validator(mode="after")
+    def _asha_needs_every_eval(self) -> "SearchConfig":
+        """ASHA compares trials at intermediate evaluations; holdout_score is scored once, at a run's end (NaN
+        before), so ASHA on it would stop trials by NaNs."""
+        if self.scheduler.type == "asha" and self.metric == "holdout_score":
+            raise ValueError("scheduler.type: asha compares trials at every dev evaluation, but holdout_score is "
+                             "scored only at a run's end; use metric: dev_score with asha, or scheduler type none")
+        return self
 
 
 class LoggingConfig(StrictModel):

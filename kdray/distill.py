@@ -10,6 +10,7 @@ learning selector, run the final distillation (:mod:`kdray.loop`, over the typed
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -69,7 +70,9 @@ def run_record(setup: RunSetup, state: TrainingState) -> RunResult:
     sc = config.selector
     return RunResult(
         task=config.task, metric_name="/".join(setup.spec.metrics), dev_score=float(state.last_eval.dev_score),
-        dev_metrics=dict(state.last_eval.metrics), teacher_score=float(setup.teacher_score),
+        dev_metrics=dict(state.last_eval.metrics),
+        holdout_score=math.nan if state.last_eval.holdout_score is None else float(state.last_eval.holdout_score),
+        teacher_score=float(setup.teacher_score),
         method=method_name(sc.name, sc.action),
         action=sc.action, knowledge_pool=list(state.selector.pool), phase_steps=sc.phase_steps,
         reward_shaping=sc.reward.model_dump(), seed=config.train.seed, teacher=str(setup.teacher_path),

@@ -251,8 +251,22 @@ class Loop:
             t = torch.tensor([train_loss], device=setup.device)
             torch_dist.all_reduce(t)
             train_loss = float(t) / setup.world
-        st.last_eval = LastEval(step, ev.score, ev.metrics)
-        return {"step": step, "epoch": step / per_epoch, "dev_score": ev.score, **ev.metrics, "train_loss": train_loss}
+        holdout = self._holdout_score() if done else None
+        st.last_eval = LastEval(step, ev.score, ev.metrics, holdout)
+        return {"step": step, "epoch": step / per_epoch, "dev_score": ev.score, **ev.metrics, "train_loss": train_loss,
+                "holdout_score": math.nan if holdout is None else holdout}  # in every report: Tune needs its metric
+
+    def _holdout_score(self) -> float | None:
+        """The task's main score on the reward-set holdout (train rows the student never trains on), once, at the
+        final run's end: an objective a search can select on without selecting on the dev set. The same
+        :func:`evaluate` as dev, in eval mode (no dropout), so it draws no random numbers; None without a holdout."""
+        st, setup = self.state, self.setup
+        holdout = setup.data.holdout
+        if holdout is None or len(holdout) == 0:
+            return None
+        ev = evaluate(setup.config.task, st.student, {"holdout": holdout}, setup.collate,
+                      setup.config.train.eval_batch_size, setup.device, setup.rank, setup.world)
+        return float(ev.score)
 
 
 def _agree(weights: dict[str, float], world: int) -> dict[str, float]:

@@ -11,6 +11,11 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+# The scores every Tune report of a trial carries (NaN where not measured yet), so ``search.metric`` may name
+# them: dev_score at each dev evaluation, holdout_score (the task metric on the reward-set holdout, train rows
+# the student never trains on) at the final run's end, for searches that must not select on the dev set.
+SEARCH_METRICS: tuple[str, ...] = ("dev_score", "holdout_score")
+
 
 @dataclass
 class RunResult:
@@ -34,6 +39,8 @@ class RunResult:
     train_seconds: float  # wall time of all training steps (stage 1 included), without dev evaluation
     samples_per_second: float
     selector_seconds: float  # decide/observe, state building and reward-set scoring
+    # the task's main score on the reward-set holdout after the final run (NaN: no holdout, or an older record)
+    holdout_score: float = math.nan
     final_steps: int = 0  # steps of the final run only
     mean_step_seconds: float = 0.0
     teacher_cache: bool = False

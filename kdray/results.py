@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kdray.io import atomic_write_parquet, locked
-from kdray.records import RunResult
+from kdray.records import SEARCH_METRICS, RunResult
 
 TRIALS_FILE = "trials.parquet"
 TRACES_FILE = "traces.parquet"
@@ -39,7 +39,7 @@ REWARD_SHAPING_TYPE = pa.struct([
 # One column per field of kdray.records.RunResult, plus the trial's identity and status. The one field left out,
 # ``traces`` (per kind per phase), goes to traces.parquet row by row instead (TRACE_SCHEMA). Columns added
 # later (selector_seconds, final_steps, mean_step_seconds, teacher_cache, attempts,
-# student_path) are null in rows of older files.
+# student_path, holdout_score) are null in rows of older files.
 DROPPED_RESULT_FIELDS = {"traces": "stored row by row in traces.parquet"}
 TRIAL_SCHEMA = pa.schema([
     ("sweep", pa.string()),
@@ -50,6 +50,7 @@ TRIAL_SCHEMA = pa.schema([
     ("metric_name", pa.string()),
     ("dev_score", pa.float64()),
     ("dev_metrics", pa.map_(pa.string(), pa.float64())),
+    ("holdout_score", pa.float64()),  # the main score on the reward-set holdout (train rows never trained on)
     ("teacher_score", pa.float64()),
     ("method", pa.string()),
     ("action", pa.string()),
@@ -269,17 +270,20 @@ def mirror_to_uri(sweep_dir: str | Path, uri: str) -> list[str]:
     return written
 
 
-def recorded_score(sweep_dir: str, trial_id: str) -> float | None:
-    """dev_score of ``trial_id`` if trials.parquet already holds it as finished or failed, else None.
+def recorded_scores(sweep_dir: str, trial_id: str) -> dict[str, float] | None:
+    """The search metrics (:data:`~kdray.records.SEARCH_METRICS`) of ``trial_id`` if trials.parquet already holds
+    it as finished or failed, else None; a column an older file lacks is NaN.
 
-    A resumed sweep asks this before re-running a trial that finished after Tune's last state save.
+    A resumed sweep asks this before re-running a trial that finished after Tune's last state save, and reports
+    these scores to Tune in its place (every report must carry the metric the study optimises).
     """
     path = Path(sweep_dir) / TRIALS_FILE
     if "://" in sweep_dir or not path.is_file():
         return None
-    for row in pq.read_table(path, columns=["trial_id", "status", "dev_score"]).to_pylist():
+    present = [m for m in SEARCH_METRICS if m in pq.read_schema(path).names]
+    for row in pq.read_table(path, columns=["trial_id", "status", *present]).to_pylist():
         if row["trial_id"] == trial_id and row["status"] in ("TERMINATED", "ERROR"):
-            return float(row["dev_score"]) if row["dev_score"] is not None else math.nan
+            return {m: float(row[m]) if row.get(m) is not None else math.nan for m in SEARCH_METRICS}
     return None
 
 

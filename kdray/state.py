@@ -125,11 +125,14 @@ class EvalWindow:
 
 @dataclass
 class LastEval:
-    """The latest dev evaluation of the final run (what the run record reports)."""
+    """The latest dev evaluation of the final run (what the run record reports); at the run's end also its score
+    on the reward-set holdout (None: not scored, i.e. before the end, without a holdout, or a checkpoint written
+    before that field; None rather than NaN so that equal states compare equal)."""
 
     step: int = 0
     dev_score: float = math.nan
     metrics: dict[str, float] = field(default_factory=dict)
+    holdout_score: float | None = None
 
 
 @dataclass

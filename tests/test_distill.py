@@ -283,6 +283,7 @@ def test_resume_matches_uninterrupted_run(glue_dir: Path, tiny_teacher: str, tmp
     assert [t["weight"] for t in full.traces] == [t["weight"] for t in resumed.traces]
     assert [t["q_value"] for t in full.traces] == pytest.approx([t["q_value"] for t in resumed.traces], nan_ok=True)
     assert resumed.dev_score == full.dev_score and resumed.train_steps == full.train_steps == 6
+    assert resumed.holdout_score == full.holdout_score and 0.0 <= full.holdout_score <= 1.0
 
 
 def test_end_to_end_writes_run_record_and_traces(glue_dir: Path, tiny_teacher: str, tmp_path: Path) -> None:

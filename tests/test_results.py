@@ -147,7 +147,7 @@ def test_mirror_to_uri_copies_whole_files(tmp_path: Path) -> None:
 
 def _run_result(**changes: object) -> RunResult:
     fields = {k: v for k, v in _result().items()}
-    fields.update(final_steps=20, mean_step_seconds=0.05, teacher_cache=True)
+    fields.update(final_steps=20, mean_step_seconds=0.05, teacher_cache=True, holdout_score=0.55)
     fields.update(changes)
     return RunResult(**fields)  # type: ignore[arg-type]
 
@@ -164,17 +164,20 @@ def test_every_run_result_field_lands_in_trials_parquet(tmp_path: Path) -> None:
         expected = getattr(result, name)
         assert row[name] == expected or (name == "knowledge_pool" and list(row[name]) == expected), name
     assert (row["selector_seconds"], row["final_steps"], row["teacher_cache"]) == (0.1, 20, True)
+    assert row["holdout_score"] == 0.55
 
 
 def test_files_from_before_a_column_still_load_and_append(tmp_path: Path) -> None:
     """A trials.parquet written before selector_seconds & co. existed: load() reads it, an append keeps its rows."""
     append_trials(tmp_path, [_row("old")])
     table = pq.read_table(tmp_path / "trials.parquet")
-    table = table.drop_columns(["selector_seconds", "final_steps", "mean_step_seconds", "teacher_cache"])
+    table = table.drop_columns(["selector_seconds", "final_steps", "mean_step_seconds", "teacher_cache",
+                                "holdout_score"])
     pq.write_table(table, tmp_path / "trials.parquet")  # what kdray wrote before those columns existed
     trials, _ = load(tmp_path)
     assert trials["trial_id"].tolist() == ["old"] and "selector_seconds" not in trials
     append_trials(tmp_path, [trial_row("sw", "new", _run_result(), {})])
     trials = load(tmp_path)[0].set_index("trial_id")
     assert pd.isna(trials.loc["old", "selector_seconds"]) and trials.loc["new", "selector_seconds"] == 0.1
+    assert pd.isna(trials.loc["old", "holdout_score"]) and trials.loc["new", "holdout_score"] == 0.55
     assert trials.loc["old", "dev_score"] == 0.6

@@ -178,7 +178,8 @@ def describe(sweep: SweepConfig, trials: list[Trial] | None) -> str:
     else:
         lines.append(f"optuna (TPE, seed {sweep.search.seed}): {sweep.search.num_samples} trials per task, "
                      f"one study per task, seed {sweep.train.seeds[0]}"
-                     + (", objectives dev_score max + train_seconds min" if sweep.search.multi_objective else ""))
+                     + (f", objectives {sweep.search.metric} {sweep.search.mode_direction} + train_seconds min"
+                        if sweep.search.multi_objective else ""))
         for key, dist in sweep.search.space.items():
             lines.append(f"  {key}: {dist.kind} {getattr(dist, dist.kind)}")
     return "\n".join(lines)

@@ -311,7 +311,8 @@ def _summary(sweep: SweepConfig, sweep_dir: str, seconds: float) -> None:
     print(f"[kdray] sweep {sweep.name}: {len(trials)} trials ({len(ok)} finished, "
           f"{int((trials['status'] == 'ERROR').sum())} errors) in {seconds:.0f}s")
     if len(ok):
-        best = ok.sort_values("dev_score", ascending=sweep.search.mode_direction == "min").iloc[0]
-        print(f"[kdray] best: {best['trial_id']} {best['task']} dev_score={best['dev_score']:.4f} "
+        metric = sweep.search.metric if sweep.search.metric in ok else "dev_score"  # the study's objective
+        best = ok.sort_values(metric, ascending=sweep.search.mode_direction == "min").iloc[0]
+        print(f"[kdray] best: {best['trial_id']} {best['task']} {metric}={best[metric]:.4f} "
               f"method={best['method']}")
     print(f"[kdray] results: {sweep_dir}/trials.parquet, {sweep_dir}/traces.parquet")

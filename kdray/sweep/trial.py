@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kdray.config import ConfigError, RunConfig, SweepConfig, validate
-from kdray.results import recorded_score
+from kdray.records import SEARCH_METRICS
+from kdray.results import recorded_scores
 from kdray.sweep.expansion import Trial, optuna_trial
 from kdray.sweep.teachers import teacher_folder, teacher_id
 from kdray.tblog import trial_logdir
@@ -81,9 +82,9 @@ def trial_fn(config: dict[str, Any], ctx: TrialContext) -> None:
     from ray import tune
 
     trial = ctx.resolve(config, tune.get_context().get_trial_id())
-    recorded = recorded_score(ctx.sweep_dir, trial.key)
+    recorded = recorded_scores(ctx.sweep_dir, trial.key)
     if recorded is not None:  # finished before the driver died, after Tune's last state save: do not re-run
-        tune.report({"dev_score": recorded, "train_seconds": math.nan, RECORDED_KEY: 1})
+        tune.report({**recorded, "train_seconds": math.nan, RECORDED_KEY: 1})
         return
     run = trial.run.with_output(str(Path(ctx.trials_dir) / trial.key), progress=False,
                                 tensorboard_dir=str(trial_logdir(Path(ctx.trials_dir).parent, trial.key)))
@@ -102,7 +103,9 @@ def trial_fn(config: dict[str, Any], ctx: TrialContext) -> None:
 def _report_error(err: BaseException) -> None:
     from ray import tune
 
-    tune.report({"dev_score": math.nan, "train_seconds": math.nan, ERROR_KEY: f"{type(err).__name__}: {err}"[:2000]})
+    # every search metric, as NaN: Tune refuses a report without the metric its study optimises
+    tune.report({**{m: math.nan for m in SEARCH_METRICS}, "train_seconds": math.nan,
+                 ERROR_KEY: f"{type(err).__name__}: {err}"[:2000]})
 
 
 def _fit_trainer(job: LoopJob, ctx: TrialContext) -> None:
@@ -163,7 +166,8 @@ def run_loop(job: LoopJob, rank: int, report_fn: Callable[..., None], checkpoint
     t0 = time.perf_counter()
     with resume.as_directory() if resume is not None else contextlib.nullcontext() as resume_dir:
         result = train(job.run, teacher_path=job.teacher_path, report=report, resume_from=resume_dir)
-    report_fn({"dev_score": result.dev_score, "train_seconds": result.train_seconds, "step": result.train_steps,
+    report_fn({"dev_score": result.dev_score, "holdout_score": result.holdout_score,
+               "train_seconds": result.train_seconds, "step": result.train_steps,
                "kdray_loop_seconds": time.perf_counter() - t0, RECORD_KEY: result.to_json()})
 
 
