@@ -254,7 +254,9 @@ class Loop:
         holdout = self._holdout_score() if done else None
         st.last_eval = LastEval(step, ev.score, ev.metrics, holdout)
         return {"step": step, "epoch": step / per_epoch, "dev_score": ev.score, **ev.metrics, "train_loss": train_loss,
-                "holdout_score": math.nan if holdout is None else holdout}  # in every report: Tune needs its metric
+                # in every report, as Tune checks each result for the search's metrics (multi-objective Optuna
+                # also minimises train_seconds): the holdout is scored at the end only, training time so far
+                "holdout_score": math.nan if holdout is None else holdout, "train_seconds": st.counters.train_seconds}
 
     def _holdout_score(self) -> float | None:
         """The task's main score on the reward-set holdout (train rows the student never trains on), once, at the

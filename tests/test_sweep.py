@@ -79,11 +79,15 @@ def test_grid_sweep_with_a_nan_trial(tmp_path: Path, glue_dir: Path, trainer: st
 
 
 def test_optuna_sweep(tmp_path: Path, glue_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    path = space(tmp_path, glue_dir, "opt", {"mode": "optuna", "num_samples": 2, "seed": 3, "space": {
-        "train.lr": {"loguniform": [1.0e-5, 1.0e-3]},
-        "knowledge.pool": {"choice": [["finetune"], ["finetune", "response"]]}}})
+    """Two-objective Optuna (dev_score up, train_seconds down) with a mid-run evaluation: every report carries
+    both metrics (Tune refused the mid-run one before train_seconds was in it). The one-objective path runs in
+    tests/test_schedule_search.py."""
+    path = space(tmp_path, glue_dir, "opt", {"mode": "optuna", "num_samples": 2, "seed": 3, "multi_objective": True,
+                                             "space": {"train.lr": {"loguniform": [1.0e-5, 1.0e-3]},
+                                                       "knowledge.pool": {"choice": [["finetune"], ["finetune", "response"]]}}})
     doc = yaml.safe_load(path.read_text())
     doc["train"]["progress"] = False  # trial bars off, as in the committed space files
+    doc["train"]["eval_every"] = 2  # a mid-run report before the last one
     path.write_text(yaml.safe_dump(doc))
     assert run_sweep(str(path), storage=str(tmp_path / "runs")) == 0
     assert "teacher rte:" in capfd.readouterr().err  # the driver's teacher fine-tuning still shows its bar
