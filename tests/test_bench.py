@@ -70,7 +70,8 @@ def test_quick_bench_writes_expected_rows(quick_run: tuple[int, float, object, s
     names = set(zip(df["section"], df["name"]))
     assert {("step", n) for n in EXPECTED_STEP_ROWS} <= names
     assert {("selector", n) for n in EXPECTED_SELECTOR_ROWS} <= names
-    assert {("cache", "build_per_1k"), ("cache", "size_per_1k"), ("ray", "init"), ("ray", "per_trial_overhead")} <= names
+    assert {("cache", "build_per_1k"), ("cache", "size_per_1k"), ("ray", "init"), ("ray", "per_trial_overhead"),
+            ("ray", "per_trial_overhead_new_process")} <= names
     assert ("data", "prepare_uncached") in names or ("data", "skipped") in names
     plain = df[(df.section == "step") & (df.name == "plain")].iloc[0]
     assert plain["ratio"] == pytest.approx(1.0) and plain["seconds"] > 0

@@ -75,6 +75,26 @@ def in_trial_trial(config: dict[str, Any]) -> None:
     tune.report({"in_trial_s": time.perf_counter() - t0, "fit_s": time.perf_counter() - t0})
 
 
+def variant_rows(label: str, wall: float, in_trial: float, latency: float, n_trials: int, conc: int) -> list[Row]:
+    """The rows of one Ray variant: per-trial overhead = (sweep wall - in-trial time) / trials."""
+    per = (wall - in_trial) / n_trials
+    if label == "sweep":
+        return [check(Row(
+            "ray", "per_trial_overhead", "local ray", seconds=per, value=per, unit="s/trial", repeats=n_trials,
+            note=f"({wall:.1f} s sweep wall - {in_trial:.3f} s in-trial) / {n_trials} trials; kdray.sweep "
+                 f"wiring of a one-worker trial (resources.trainer auto): the loop in a 1-CPU Tune "
+                 f"function trial, {conc} at a time, trial processes reused (reuse_actors)"), "ray_per_trial_s", per)]
+    if label == "new_process":
+        return [Row("ray", "per_trial_overhead_new_process", "local ray", seconds=per, value=per, unit="s/trial",
+                    repeats=n_trials, note="the same trials, each in a new process (reuse_actors off; kdray before "
+                                           "stop 21)")]
+    return [Row("ray", "per_trial_overhead_ray_train", "local ray", seconds=per, value=per, unit="s/trial",
+                repeats=n_trials, note=f"the same trials as a Tune trial -> TorchTrainer(1 worker) (resources.trainer "
+                                       f"ray_train; what every DDP trial pays), {conc} at a time"),
+            Row("ray", "trial_latency_ray_train", "local ray", seconds=latency, value=latency, unit="s/trial",
+                repeats=n_trials, note="median TorchTrainer.fit wall minus in-trial time, inside a trial")]
+
+
 def bench_ray(work: Path, n_trials: int, log: Callable[[str], None], with_ray_train: bool) -> list[Row]:
     """Sweeps of ``n_trials`` trivial trials on a local Ray started and stopped here."""
     import ray
@@ -86,6 +106,7 @@ def bench_ray(work: Path, n_trials: int, log: Callable[[str], None], with_ray_tr
         TRIAL_DRIVER_CPU,
         local_num_cpus,
         max_concurrent_trials,
+        reuse_actors,
         tune_resources,
     )
     
@@ -104,15 +125,17 @@ def bench_ray(work: Path, n_trials: int, log: Callable[[str], None], with_ray_tr
     rows: list[Row] = []
     try:
         cluster = ray.cluster_resources()
-        variants = [("sweep", in_trial_trial, tune_resources(sweep), max_concurrent_trials(sweep, cluster))]
+        conc = max_concurrent_trials(sweep, cluster)
+        variants = [("sweep", in_trial_trial, tune_resources(sweep), conc, reuse_actors(sweep)),
+                    ("new_process", in_trial_trial, tune_resources(sweep), conc, False)]
         if with_ray_train:
             variants.append(("ray_train", trivial_trial, {"CPU": TRIAL_DRIVER_CPU},
-                             max_concurrent_trials(train_sweep, cluster)))
-        for label, fn, resources, conc in variants:
+                             max_concurrent_trials(train_sweep, cluster), reuse_actors(train_sweep)))
+        for label, fn, resources, conc, reuse in variants:
             tuner = tune.Tuner(
                 tune.with_resources(fn, resources),
                 param_space={"i": tune.grid_search(list(range(n_trials))), "storage": str(storage / "train")},
-                tune_config=tune.TuneConfig(max_concurrent_trials=conc, reuse_actors=False),
+                tune_config=tune.TuneConfig(max_concurrent_trials=conc, reuse_actors=reuse),
                 run_config=tune.RunConfig(name=f"bench_{label}", storage_path=str(storage), verbose=0),
             )
             t1 = time.perf_counter()
@@ -125,20 +148,7 @@ def bench_ray(work: Path, n_trials: int, log: Callable[[str], None], with_ray_tr
             latency = median([float(r.metrics["fit_s"]) - float(r.metrics["in_trial_s"]) for r in grid])
             per = (wall - in_trial) / n_trials
             log(f"  ray {label}: {n_trials} trials in {wall:.1f} s ({conc} at a time), overhead {per:.2f} s/trial")
-            if label == "sweep":
-                rows.append(check(Row(
-                    "ray", "per_trial_overhead", "local ray", seconds=per, value=per, unit="s/trial", repeats=n_trials,
-                    note=f"({wall:.1f} s sweep wall - {in_trial:.3f} s in-trial) / {n_trials} trials; kdray.sweep "
-                         f"wiring of a one-worker trial (resources.trainer auto): the loop in a 1-CPU Tune "
-                         f"function trial, {conc} at a time"), "ray_per_trial_s", per))
-            else:
-                rows.append(Row("ray", "per_trial_overhead_ray_train", "local ray", seconds=per, value=per,
-                                unit="s/trial", repeats=n_trials,
-                                note=f"the same trials as a Tune trial -> TorchTrainer(1 worker) (resources.trainer "
-                                     f"ray_train; what every DDP trial pays), {conc} at a time"))
-                rows.append(Row("ray", "trial_latency_ray_train", "local ray", seconds=latency, value=latency,
-                                unit="s/trial", repeats=n_trials,
-                                note="median TorchTrainer.fit wall minus in-trial time, inside a trial"))
+            rows += variant_rows(label, wall, in_trial, latency, n_trials, conc)
     finally:
         t2 = time.perf_counter()
         ray.shutdown()

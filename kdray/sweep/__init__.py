@@ -12,6 +12,7 @@ from kdray.sweep.resources import (
     TRIAL_DRIVER_CPU,
     local_num_cpus,
     max_concurrent_trials,
+    reuse_actors,
     trial_resources,
     tune_resources,
 )
@@ -19,5 +20,5 @@ from kdray.sweep.run import load_sweep, run_sweep
 
 __all__ = [
     "QUIET_ENV", "TRIAL_DRIVER_CPU", "Trial", "describe", "expand_grid", "load_sweep", "local_num_cpus",
-    "max_concurrent_trials", "resolve_paths", "run_sweep", "trial_key", "trial_resources", "tune_resources",
+    "max_concurrent_trials", "resolve_paths", "reuse_actors", "run_sweep", "trial_key", "trial_resources", "tune_resources",
 ]

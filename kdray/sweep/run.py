@@ -30,7 +30,7 @@ from kdray.sweep.loggers import check_logging, logger_callbacks
 from kdray.sweep.preflight import check_inputs, check_writable_folder, sweep_folder
 from kdray.sweep.ray_start import RayStartError, join, start_local
 from kdray.sweep.recorder import backfill, make_recorder
-from kdray.sweep.resources import QUIET_ENV, max_concurrent_trials, tune_resources
+from kdray.sweep.resources import QUIET_ENV, max_concurrent_trials, reuse_actors, tune_resources
 from kdray.sweep.teachers import teacher_root, teacher_stage
 from kdray.sweep.trial import ERROR_KEY, TrialContext, trial_fn
 from kdray.tblog import tensorboard_command
@@ -281,7 +281,7 @@ def _search(sweep: SweepConfig, trials: list[Trial] | None, concurrent: int) -> 
     return param_space, tune.TuneConfig(
         metric=None if multi else metric, mode=None if multi else mode,
         num_samples=num_samples, max_concurrent_trials=concurrent, search_alg=search_alg,
-        scheduler=scheduler, reuse_actors=False,
+        scheduler=scheduler, reuse_actors=reuse_actors(sweep),
         trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname)
 
 
