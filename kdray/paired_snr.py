@@ -7,13 +7,14 @@ boundary, on the loop's own pieces (:func:`kdray.run_setup.set_up`, :class:`kdra
 :func:`kdray.branches.reward_set_loss`, the selector's reward-set loss).
 
 Procedure, per task and seed: a study-like run (``--steps`` steps, selector ``all``) trains; at
-``--boundaries`` phase starts spread over it (steps ``round(i * steps / N)`` down to a phase multiple,
+``--boundaries`` phase starts spread over it (steps ``i * steps // N`` rounded down to a phase multiple,
 i = 0..N-1) the state is forked and every candidate weighting (``all``: every kind 1; ``finetune``: the
 task loss only; ``teacher``: the teacher kinds only) trains one phase (``--phase-steps``) from the fork on
 the same batches, ``--replicates`` times: replicate 0 with the fork's own RNG (what the loop's branches
 share), replicate r > 0 with torch's RNG reseeded to ``seed * 1_000_003 + boundary * 101 + r`` after the
 restore, so only the dropout masks differ. Each branch is scored on the reward set. The main run then
-continues from the fork with ``all`` weights (the branches are dropped).
+continues from the fork with ``all`` weights (the branches are dropped), so replicate 0 of ``all`` is the
+main run's own next phase, bit for bit.
 
 Definitions (per boundary; std = sample std, ddof 1; L[c, r] = reward-set loss after candidate c,
 replicate r; the reference is the first candidate):
@@ -218,7 +219,7 @@ def _pm(x: pd.Series, fmt: str) -> str:
 
 def render(summary: pd.DataFrame, plan: Plan, command: str, seconds: float) -> str:
     """The markdown page: definitions, per task (mean ± std over seeds), per boundary."""
-    doc = (__doc__ or "").split("Definitions", 1)[1].split("Rows go to", 1)[0]
+    doc = (__doc__ or "").split("Procedure", 1)[1].split("Rows go to", 1)[0]
     lines = ["# Paired against unpaired reward: signal-to-noise per phase", "",
              f"Command: `{command}`  ",
              f"Candidates: {', '.join(plan.candidates)} (reference: {plan.candidates[0]}); {plan.replicates} dropout "
@@ -226,7 +227,7 @@ def render(summary: pd.DataFrame, plan: Plan, command: str, seconds: float) -> s
              f"{plan.phase_steps} steps.  ",
              f"Machine: {platform.machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
              f"{seconds / 60:.1f} min in all.", "",
-             "Definitions" + doc.rstrip(), "",
+             "Procedure" + doc.rstrip(), "",
              "## Per task (per seed: mean over boundaries; then mean ± std over seeds)", "",
              "| task | seeds | signal | paired noise | advantage noise | unpaired noise | paired SNR | advantage SNR "
              "| unpaired SNR |", "|---|---|---|---|---|---|---|---|---|"]

@@ -68,9 +68,13 @@ def test_tool_writes_its_rows(glue_dir: Path, tiny_teacher: str, tmp_path: Path)
     assert sorted(set(rows.boundary)) == [0, 2] and set(rows.candidate) == set(CANDIDATES)
     main_run = pd.read_parquet(tmp_path / "out" / "main_run.parquet")
     assert sorted(main_run[main_run.seed == 1].step) == [0, 2, 4]  # the start, then every phase end
+    # replicate 0 of the reference runs on the fork's own RNG: the main run's own phase, bit for bit
+    ref = rows[(rows.candidate == "all") & (rows.replicate == 0)].set_index(["seed", "boundary"]).loss_after
+    ends = main_run.set_index(["seed", "step"]).reward_set_loss
+    assert all(ref[(s, b)] == ends[(s, b + 2)] for s, b in ref.index)
     assert len(summary) == 4 and (summary.paired_snr > 0).all() and (summary.unpaired_noise > 0).all()
     text = (tmp_path / "out" / "paired_snr.md").read_text()
-    assert "| rte | 2 |" in text and "paired SNR" in text and "unpaired noise = std" in text
+    assert "| rte | 2 |" in text and "paired SNR" in text and "unpaired noise = std" in text and "Procedure" in text
     # --resume keeps both recorded runs of this plan and measures nothing; another plan keeps none
     said: list[str] = []
     again = run(["rte"], [tiny_teacher], [1, 2], plan, str(tmp_path / "out"), data, log=said.append, resume=True,
