@@ -131,6 +131,23 @@ def _cmd_reward_noise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reward_snr(args: argparse.Namespace) -> int:
+    import torch
+
+    from kdray.paired_snr import Plan, parse_candidates, run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    plan = Plan(candidates=parse_candidates(args.candidates), boundaries=args.boundaries, steps=args.steps,
+                phase_steps=args.phase_steps, replicates=args.replicates)
+    data = {"source": args.source, "dir": args.data_dir, "max_train_samples": args.max_train_samples}
+    out = args.out or str(_scratch("reward_snr"))
+    print(f"[kdray] reward-snr writes to {out}", flush=True)
+    run(args.tasks, args.teacher_dir, args.seeds, plan, out, data, command="kdray " + " ".join(sys.argv[1:]),
+        resume=args.resume, max_seq_length=args.max_seq_length, teacher_cache=args.teacher_cache)
+    return 0
+
+
 def _scratch(name: str) -> Path:
     """Default output of the measurement commands: under kdray's cache, never the committed results/ folder."""
     from kdray.paths import cache_root
@@ -269,7 +286,7 @@ def _add_result_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _add_measure_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """bench, reward-noise: the commands that measure kdray itself."""
+    """bench, reward-noise, reward-snr: the commands that measure kdray itself."""
     p = add("bench", help="time the training step, selector, caches, data loading and Ray overhead")
     p.add_argument("--quick", action="store_true", help="small sizes; fails when a ratio target is missed")
     p.add_argument("--out", default=None,
@@ -296,6 +313,30 @@ def _add_measure_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--out", default=None,
                    help="folder for reward_noise.parquet and .md (default: <kdray cache>/reward_noise)")
     p.set_defaults(func=_cmd_reward_noise)
+
+    p = add("reward-snr", help="the paired reward's signal-to-noise ratio next to the unpaired one's (real data)")
+    p.add_argument("tasks", nargs="+", choices=GLUE_TASKS)
+    p.add_argument("--teacher-dir", nargs="+", required=True,
+                   help="a fine-tuned teacher folder (from kdray's teacher stage) per task, in the tasks' order")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="train.seed of each measured run")
+    p.add_argument("--boundaries", type=int, default=4, help="phase starts per run at which the state is forked")
+    p.add_argument("--steps", type=int, default=160, help="steps of the main (all-weights) run")
+    p.add_argument("--phase-steps", type=int, default=20, help="steps of each forked phase")
+    p.add_argument("--candidates", default="all,finetune,teacher",
+                   help="weightings per fork (all, finetune, teacher); the first is the advantage's reference")
+    p.add_argument("--replicates", type=int, default=2, help="dropout replicates per candidate and fork")
+    p.add_argument("--max-seq-length", type=int, default=128, help="truncation length")
+    p.add_argument("--max-train-samples", type=int, default=2000, help="train rows (data.max_train_samples)")
+    p.add_argument("--teacher-cache", action="store_true", help="precompute the teacher's outputs once per task")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the task/seed runs already in --out that used the same plan; measure the rest")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    p.add_argument("--source", choices=["auto", "hub", "local"], default="auto", help="where GLUE comes from")
+    p.add_argument("--data-dir", default=None, help="official GLUE TSV folder (default: $KDRAY_GLUE_DIR)")
+    p.add_argument("--out", default=None,
+                   help="folder for paired_snr.parquet, main_run.parquet and paired_snr.md (default: "
+                        "<kdray cache>/reward_snr)")
+    p.set_defaults(func=_cmd_reward_snr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
