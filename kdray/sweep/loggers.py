@@ -67,8 +67,8 @@ def with_default_places(key: str, kwargs: dict[str, Any], sweep_dir: str) -> dic
 
 
 def logger_callbacks(sweep: SweepConfig, sweep_dir: str) -> list[Any]:
-    """Ray Tune's W&B / MLflow logger callbacks for the sweep's ``logging:`` entries (empty when none)."""
-    check_logging(sweep)
+    """Ray Tune's W&B / MLflow logger callbacks for the sweep's ``logging:`` entries (empty when none); the
+    entries were checked by :func:`check_logging` before Ray started (``run_sweep``)."""
     out = []
     for key, (_, module, name) in CALLBACKS.items():
         kwargs = getattr(sweep.logging, key)

@@ -33,14 +33,19 @@ POLL_SECONDS = 0.5
 TERM_GRACE_SECONDS = 3.0
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time in clock ticks) of ``pid`` from /proc, or None when it is gone."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None when it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
-    return int(fields[1]), int(fields[19])
+    return text[text.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of ``pid`` from /proc, or None when it is gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else (int(fields[1]), int(fields[19]))
 
 
 def _proc_table() -> dict[int, tuple[int, int]]:
@@ -71,17 +76,8 @@ def descendants(root: int) -> dict[int, int]:
 
 def alive(pid: int, start: int) -> bool:
     """Whether ``pid`` is still the process that started at ``start`` (not a reused pid) and not a zombie."""
-    found = _stat(pid)
-    return found is not None and found[1] == start and not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    """A zombie has ended; only its parent's wait is missing (nothing to signal)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return text[text.rindex(")") + 2:].split()[0] == "Z"
+    fields = _stat_fields(pid)  # one read: a zombie has ended, only its parent's wait is missing
+    return fields is not None and int(fields[19]) == start and fields[0] != "Z"
 
 
 def marker_of(pid: int, start: int) -> str:

@@ -43,7 +43,7 @@ def trial_row(sweep_name: str, key: str, task: str | None, params: dict[str, Any
                                                **(_run_fields(run) if run is not None else {})}
     row = results.trial_row(sweep_name, key, known, params, status=status, error=error,
                             started_at=started_at or None, finished_at=finished_at, attempts=attempts,
-                             student_path=student_path if status == "TERMINATED" else None)
+                            student_path=student_path if status == "TERMINATED" else None)
     return row, traces
 
 
