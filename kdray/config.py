@@ -125,7 +125,8 @@ class TrainConfig(StrictModel):
     # against 0.07-s steps (cpu_glue's median), so <= 5% of training, and a killed trial loses <= 1000 steps
     checkpoint_every: int | None = Field(default=1000, ge=1, le=MAX_STEPS)
     log_every: int = Field(default=20, ge=1, le=MAX_STEPS)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 on GPUs that have it, else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 on GPUs that have it, else fp32;
+    # bf16 also runs on CPUs (autocast), fp16 only on GPUs
     teacher_cache: bool = False  # precompute teacher outputs once and train without a teacher forward
     length_bucketing: bool = True  # batches of similar lengths: less padding with dynamic padding
     progress: bool = True  # tqdm bar in the foreground
@@ -182,6 +183,13 @@ class _RunSections(StrictModel):
     selector: SelectorConfig = Field(default_factory=SelectorConfig)
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _precision_fits_device(self) -> "_RunSections":
+        if self.train.precision == "fp16" and not self.resources.use_gpu:
+            raise ValueError("train.precision: fp16 runs only on a GPU (resources.use_gpu: true); "
+                             "on CPUs use bf16 or fp32 (allowed: auto, fp32, bf16, fp16)")
+        return self
 
 
 class RunConfig(_RunSections):

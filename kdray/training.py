@@ -55,14 +55,22 @@ def pick_device(use_gpu: bool = True) -> torch.device:
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for fp32; mixed precision only on GPUs (``auto`` = bf16 where supported)."""
-    if device.type != "cuda" or precision == "fp32":
+    """Autocast dtype, or None for fp32.
+
+    ``auto``: bf16 on GPUs that support it, else fp32 (CPU runs stay fp32 unless asked: bf16 changes the
+    numerics, and its speed-up needs a CPU with native bf16 dot products, e.g. AVX512-BF16 or AMX).
+    ``bf16`` is honoured on CPUs too (torch's CPU autocast); ``fp16`` needs a GPU.
+    """
+    if precision == "fp32":
         return None
-    if precision == "fp16":
-        return torch.float16
-    if precision == "bf16" or torch.cuda.is_bf16_supported():
+    if precision == "bf16":
         return torch.bfloat16
-    return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("train.precision: fp16 needs a CUDA GPU (this run is on the CPU); "
+                             "allowed here: auto, fp32, bf16")
+        return torch.float16
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype | None) -> Autocast:

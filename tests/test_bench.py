@@ -169,3 +169,17 @@ def test_write_puts_every_row_and_the_meta_in_parquet(tmp_path: Path) -> None:
     df = pd.read_parquet(tmp_path / "out" / "bench.parquet")
     assert list(df["name"]) == ["a", "init"] and set(df["mode"]) == {"quick"}
     assert df["noise_limit"].iloc[0] == pytest.approx(1.3) and (tmp_path / "out" / "bench.md").read_text() == "# md\n"
+
+
+def test_precision_rows_time_bf16_against_fp32_on_cpu(tmp_path: Path) -> None:
+    import torch
+
+    from kdray.bench.model import Stepper, precision_rows
+    from kdray.bench.rows import Sizes
+    from kdray.bench.setup import BenchSetup
+
+    s = BenchSetup(Sizes("tiny-bert[2/4]", "tiny-bert", 2, 4, 16, 0, 2, 1, 8), tmp_path, torch.device("cpu"))
+    cache, *_ = s.build_cache()
+    rows = precision_rows(s, Stepper(s, cache), 1.0, lambda _: None)
+    assert [r.name for r in rows] == ["plain_bf16", "vanilla_kd_live_bf16"]
+    assert all(r.unit == "x fp32" and r.value > 0 and math.isfinite(r.ratio_q25) for r in rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, get_linear_schedule_with_warmup
 
 from kdray.knowledge import KnowledgeContext, build_knowledge
-from kdray.training import canonical_metrics, linear_schedule, param_groups, split_metrics, weight_files
+from kdray.training import amp_dtype, canonical_metrics, linear_schedule, param_groups, split_metrics, weight_files
 
 
 def _lrs(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> list[float]:
@@ -72,3 +73,47 @@ def test_weight_files_name_the_weights(tmp_path: Path) -> None:
     names = [(n, size) for n, size, _ in weight_files(tmp_path)]
     assert names == [("model.safetensors", 5), ("pytorch_model.bin", 1)]
     assert weight_files(tmp_path / "missing") == []
+
+
+# --------------------------------------------------------------------------- train.precision
+
+
+def test_precision_picks_the_autocast_dtype() -> None:
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("fp32", cpu) is None  # CPU runs stay fp32 unless asked
+    assert amp_dtype("bf16", cpu) is torch.bfloat16  # honoured on CPUs (it was silently fp32 before)
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        amp_dtype("fp16", cpu)
+
+
+def test_fp16_without_a_gpu_is_a_config_error() -> None:
+    from kdray.config import RunConfig
+
+    with pytest.raises(ValueError, match=r"train.precision: fp16 runs only on a GPU \(resources.use_gpu: true\)"):
+        RunConfig.model_validate({"train": {"precision": "fp16"}})
+    assert RunConfig.model_validate({"train": {"precision": "fp16"}, "resources": {"use_gpu": True}})
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_bf16_runs_the_step_in_bf16_on_cpu(glue_dir: Path, tiny_teacher: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch, precision: str,
+                                           dtype: torch.dtype) -> None:
+    import kdray.run_setup as run_setup
+    from conftest import rte_run
+    from kdray.distill import train
+
+    seen: list[torch.dtype] = []
+    real = run_setup.load_teacher
+
+    def spied(path, spec, **kw):  # the teacher's logits show the autocast its forward ran under
+        model = real(path, spec, **kw)
+        forward = model.forward
+        model.forward = lambda *a, **k: (out := forward(*a, **k), seen.append(out.logits.dtype))[0]
+        return model
+
+    monkeypatch.setattr(run_setup, "load_teacher", spied)
+    config = rte_run(glue_dir, tmp_path / precision, **{"selector.name": "vanilla_kd", "train.max_steps": 2,
+                                                      "train.precision": precision})
+    result = train(config, teacher_path=tiny_teacher)
+    assert seen and set(seen) == {dtype}
+    assert result.train_steps == 2 and math.isfinite(result.dev_score)

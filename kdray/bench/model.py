@@ -20,6 +20,7 @@ from kdray.bench.setup import BenchModels, BenchSetup
 from kdray.perf.flops import GemmPeak, step_efficiency
 from kdray.perf.timing import Timing, clock, interleaved, paired_ratio
 from kdray.step import distill_step, teacher_source
+from kdray.training import Autocast, autocast_for
 
 Log = Callable[[str], None]
 
@@ -46,22 +47,28 @@ class Stepper:
 
     def __init__(self, s: BenchSetup, cache: Any) -> None:
         self.s = s
+        self.cache = cache
         self.sources = {id(m): (teacher_source(m.teacher, None, s.device, s.autocast),
                                 teacher_source(m.teacher, cache, s.device, s.autocast))
                         for m in (s.eager, s.sdpa)}
 
-    def case(self, m: BenchModels, kinds: list[str], cached: bool, forward: torch.nn.Module | None = None) -> Callable[[], Any]:
-        """A closure that runs one step (``forward`` replaces the student's forward, e.g. a compiled one)."""
+    def case(self, m: BenchModels, kinds: list[str], cached: bool, forward: torch.nn.Module | None = None,
+             autocast: Autocast | None = None) -> Callable[[], Any]:
+        """A closure that runs one step (``forward`` replaces the student's forward, e.g. a compiled one;
+        ``autocast`` replaces the run's precision, e.g. ``train.precision: bf16``, teacher forward included)."""
         weights = {k: 1.0 for k in kinds}
-        fn = self.sources[id(m)][int(cached)]
         s = self.s
+        fn = self.sources[id(m)][int(cached)]
+        if autocast is not None:
+            fn = teacher_source(m.teacher, self.cache if cached else None, s.device, autocast)
+        amp = autocast or s.autocast
 
         model = m.student if forward is None else forward  # not `or`: a compiled module has no truth value
 
         def run() -> Any:
             batch, rows = s.next_batch()
             return distill_step(model, m.student, m.knowledge, m.pool, weights, batch, rows, fn,
-                                m.optimizer, m.scheduler, s.scaler, 1.0, autocast=s.autocast)
+                                m.optimizer, m.scheduler, s.scaler, 1.0, autocast=amp)
         return run
 
 
@@ -146,6 +153,31 @@ def compile_rows(s: BenchSetup, stepper: Stepper, plain_s: float, log: Log) -> l
                      f"(interleaved; eager {eager.median * 1000:.0f} ms); first compiled step {compile_s:.1f} s")]
 
 
+def precision_rows(s: BenchSetup, stepper: Stepper, plain_s: float, log: Log) -> list[Row]:
+    """``train.precision: bf16`` on a CPU (autocast, teacher forward included) against fp32, interleaved:
+    the plain step and vanilla KD with a live teacher. None on a GPU, where the steps already run in bf16."""
+    if s.device.type != "cpu":
+        return []
+    sz, bf16 = s.sizes, autocast_for(s.device, torch.bfloat16)
+    configs = step_configs(s)
+    cases: dict[str, Callable[[], Any]] = {}
+    for name in ("plain", "vanilla_kd_live"):
+        m, kinds, cached, _ = configs[name]
+        cases[name], cases[f"{name}_bf16"] = stepper.case(m, kinds, cached), stepper.case(m, kinds, cached, autocast=bf16)
+    times = interleaved(cases, sz.repeats, sz.warmup)
+    rows = []
+    for name in ("plain", "vanilla_kd_live"):
+        fp32, low = Timing.of(times[name]), Timing.of(times[f"{name}_bf16"])
+        paired = paired_ratio(times[f"{name}_bf16"], times[name])
+        log(f"  train.precision bf16: {name} {low.median * 1000:.0f} ms vs fp32 {fp32.median * 1000:.0f} ms")
+        rows.append(Row("step", f"{name}_bf16", sz.model, sz.batch, sz.seq_len, low.median, low.median / fp32.median,
+                        "x fp32", low.median / plain_s, repeats=low.repeats, spread=low.spread,
+                        ratio_q25=paired.q25, ratio_q75=paired.q75,
+                        note=f"train.precision: bf16 (CPU autocast; a live teacher's forward too); value = bf16 / fp32 "
+                             f"{name} step (interleaved; fp32 {fp32.median * 1000:.0f} ms)"))
+    return rows
+
+
 def bench_model(sizes: Sizes, work: Path, log: Log, device: torch.device, peak: GemmPeak | None) -> list[Row]:
     """All rows of one model setting (cache, steps, FLOPs, compile, selector)."""
     s = BenchSetup(sizes, work, device)
@@ -161,5 +193,6 @@ def bench_model(sizes: Sizes, work: Path, log: Log, device: torch.device, peak: 
         log(f"  plain step at {rows_out[-1].value:.1%} of the GEMM peak")
     if sizes.compile:
         rows_out += compile_rows(s, stepper, plain.median, log)
+        rows_out += precision_rows(s, stepper, plain.median, log)
     rows_out += selector_rows(s, stepper.sources[id(s.sdpa)][0], plain.median, log)
     return rows_out
