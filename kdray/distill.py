@@ -50,6 +50,7 @@ def train(
         loop.resume(resume_from)
     else:
         loop.start_segment(0)
+        loop.measure_kind_costs()
     while not loop.final:  # stage 1: episodes that train a learning selector
         loop.run_segment()
     loop.run_segment()  # the final run

@@ -42,6 +42,7 @@ from kdray.branches import (
     side_branches,
     train_steps,
 )
+from kdray.kind_costs import kind_seconds, relative_costs
 from kdray.knowledge import LossNormalizer
 from kdray.run_setup import RunSetup
 from kdray.selection.bandit import BanditSelector, BanditState
@@ -92,6 +93,23 @@ class Loop:
         st.normalizer = LossNormalizer.from_config(self.setup.config.knowledge)
         st.segment, st.step, st.phase = segment, 0, Phase()
         st.window = EvalWindow(torch.zeros((), device=self.setup.device))
+
+    def measure_kind_costs(self) -> None:
+        """Before the first step, when the compute-aware reward is on (``selector.reward.cost > 0``): the
+        selector's ``kind_costs`` measured on the run's first batch (:mod:`kdray.kind_costs`); a resume
+        restores them with the selector instead."""
+        st, setup = self.state, self.setup
+        if setup.config.selector.reward.cost <= 0 or not hasattr(st.selector, "kind_costs"):
+            return
+        start = time.perf_counter()
+        rows = setup.order.rows(st.segment, st.step)
+        seconds = kind_seconds(st.student, st.knowledge, st.selector.pool, setup.batch(rows), rows, setup.teacher_fn,
+                               setup.autocast)
+        st.selector.kind_costs = relative_costs(seconds, setup.world)
+        st.counters.selector_seconds += time.perf_counter() - start
+        if setup.rank == 0:
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in st.selector.kind_costs.items())
+            print(f"[kdray] kind costs (measured: what each adds to a plain fine-tuning step): {shown}", flush=True)
 
     def resume(self, path: str) -> None:
         """Continue from a checkpoint: the optimiser is built for its segment, then the whole state is loaded."""

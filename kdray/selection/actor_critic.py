@@ -69,8 +69,8 @@ class ActorCriticSelector(Selector):
     """DDPG knowledge selector: soft weights in [0, 1] or hard {0, 1} choices per kind.
 
     Attributes:
-        kind_costs: relative compute of each kind for the cost penalty (1.0 each by
-            default; the loop may set measured values before training).
+        kind_costs: relative compute of each kind for the cost penalty (1.0 each until the loop measures
+            them before its first step, which it does when ``reward.cost > 0``: :mod:`kdray.kind_costs`).
     """
 
     needs_state = True
