@@ -90,7 +90,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from kdray.report import render
 
-    text = render(args.results_dir, fmt=args.format, by=args.by, plots_dir=args.plots, out=args.out)
+    text = render(args.results_dir, fmt=args.format, by=args.by, plots_dir=args.plots, out=args.out,
+                  paired=args.paired, against=args.against)
     if not args.out:
         print(text)
     return 0
@@ -263,6 +264,10 @@ def _add_result_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="what the table compares")
     p.add_argument("--plots", default=None, help="write PNG plots into this folder")
     p.add_argument("--out", default=None, help="write the table to this file instead of stdout")
+    p.add_argument("--paired", default=None, metavar="METHOD",
+                   help="add every method's difference to METHOD (e.g. all), paired by seed, with 95%% t-intervals")
+    p.add_argument("--against", default=None, metavar="DIR",
+                   help="add every trial's difference to the same trial key in the sweep folder DIR")
     p.set_defaults(func=_cmd_report)
 
     p = add("export", help="copy a sweep's best student of a task (a transformers folder) out")

@@ -34,11 +34,11 @@ METHOD_ORDER: tuple[str, ...] = ("teacher",) + tuple(m.method for m in METHODS)
 BY_CHOICES: tuple[str, ...] = ("method", "pool", "phase_steps", "reward", "action")
 
 
-def _task_key(task: str) -> tuple[int, str]:
+def task_order_key(task: str) -> tuple[int, str]:
     return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), task)
 
 
-def _method_key(method: str) -> tuple[int, str]:
+def method_order_key(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
@@ -126,7 +126,7 @@ def _table_stats(trials: pd.DataFrame, by: str) -> tuple[list[tuple[str, ...]], 
     if by not in BY_CHOICES:
         raise ValueError(f"--by must be one of {', '.join(BY_CHOICES)}, got {by!r}")
     done = _finished(trials)
-    tasks = sorted(set(done["task"]) | set(trials.loc[trials["teacher_score"].notna(), "task"]), key=_task_key)
+    tasks = sorted(set(done["task"]) | set(trials.loc[trials["teacher_score"].notna(), "task"]), key=task_order_key)
     cells: dict[tuple[tuple[str, ...], str], dict[str, Any]] = {}
     rows: list[tuple[str, ...]] = []
     teacher = _teacher_runs(trials)
@@ -140,7 +140,7 @@ def _table_stats(trials: pd.DataFrame, by: str) -> tuple[list[tuple[str, ...]], 
         done["_method"] = done["method"].astype(str)
         done["_setting"] = "" if by == "method" else done.apply(GROUPERS[by][1], axis=1)
         for (method, setting), g in sorted(done.groupby(["_method", "_setting"]),
-                                           key=lambda kv: (_method_key(kv[0][0]), _natural_key(kv[0][1]))):
+                                           key=lambda kv: (method_order_key(kv[0][0]), _natural_key(kv[0][1]))):
             key = (method_label(method),) if by == "method" else (method_label(method), setting)
             rows.append(key)
             for task, gt in g.groupby("task"):
@@ -293,8 +293,8 @@ def selection_table(trials: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
         seeds=("trial_id", "nunique"), mean=("mean", "mean"), within_run_std=("within_run_std", "mean"),
         first_third=("first_third", "mean"), last_third=("last_third", "mean")).reset_index()
     table = table.sort_values(["method", "task", "knowledge"],
-                              key=lambda c: c.map(_method_key) if c.name == "method" else
-                              c.map(_task_key) if c.name == "task" else c)
+                              key=lambda c: c.map(method_order_key) if c.name == "method" else
+                              c.map(task_order_key) if c.name == "task" else c)
     return table[columns].reset_index(drop=True)
 
 
@@ -338,8 +338,10 @@ def _require_columns(trials: pd.DataFrame, results_dir: str | Path) -> None:
 
 
 def render(results_dir: str | Path, fmt: str = "md", by: str = "method", plots_dir: str | Path | None = None,
-           out: str | Path | None = None) -> str:
-    """The report text for ``kdray report``; also writes it to ``out`` and plots to ``plots_dir`` when given."""
+           out: str | Path | None = None, paired: str | None = None, against: str | Path | None = None) -> str:
+    """The report text for ``kdray report``; also writes it to ``out`` and plots to ``plots_dir`` when given.
+    ``paired`` (a method) and ``against`` (another sweep folder) append paired-difference tables
+    (:mod:`kdray.paired`; md and LaTeX)."""
     trials, traces = load(results_dir)
     _require_columns(trials, results_dir)
     text = _render_table(trials, fmt, by)
@@ -347,6 +349,10 @@ def render(results_dir: str | Path, fmt: str = "md", by: str = "method", plots_d
     selection = selection_table(trials, traces) if by == "method" and fmt != "csv" else pd.DataFrame()
     if not selection.empty:
         text += "\n" + _render_selection(selection, fmt)
+    if (paired is not None or against is not None) and fmt != "csv":
+        from kdray.paired import paired_report  # it builds on this module's ordering
+
+        text += paired_report(results_dir, paired, against, fmt)
     if plots_dir is not None:
         from kdray.plots import make_plots  # matplotlib only when plots are asked for
 

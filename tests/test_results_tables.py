@@ -24,7 +24,11 @@ def test_readme_table_equals_report(study: Path) -> None:
     assert blocks, f"{study}/README.md has no report block"
     for target, args, table in blocks:
         by = re.search(r"--by (\w+)", args)
+        paired = re.search(r"--paired (\w+)", args)
+        against = re.search(r"--against (\S+)", args)
         named = (RESULTS.parent / target).resolve()
         # a block names the study or a folder inside it (e.g. its ablation sweep)
         assert named == study.resolve() or study.resolve() in named.parents, f"the block names {target}, not {study}"
-        assert table.strip() == render(named, by=by.group(1) if by else "method").strip()
+        assert table.strip() == render(named, by=by.group(1) if by else "method",
+                                       paired=paired.group(1) if paired else None,
+                                       against=RESULTS.parent / against.group(1) if against else None).strip()

@@ -1,0 +1,128 @@
+"""Paired differences over seeds (``kdray report --paired REF`` and ``--against DIR``).
+
+Trials of one seed share the data order, the student's initialisation and the teacher, so the difference of two
+methods within a seed cancels what the seed contributes; across seeds, the mean of those differences and its
+95% t-interval say whether one method beat another beyond seed noise (issues 15 and 16 ask for exactly this).
+
+- ``--paired REF``: every method minus ``REF`` (a ``method`` value of trials.parquet, e.g. ``all``), per task,
+  paired by seed.
+- ``--against DIR``: every trial minus the trial with the same key in another sweep folder (e.g. the same grid
+  in another precision), per method and task.
+
+A cell reads ``mean [low, high] (per-seed values)``, dev score x 100; the interval is the t-interval of the
+mean over n >= 2 pairs (none for one pair). ERROR trials and unpaired seeds are left out.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from kdray.registry import method_label
+from kdray.report import method_order_key, task_header, task_order_key
+from kdray.results import load
+
+COLUMNS = ["task", "method", "n", "mean", "low", "high", "per_seed"]
+
+
+def _finished(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[(trials["status"] != "ERROR") & trials["dev_score"].notna()]
+
+
+def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and its two-sided t-interval; (mean, nan, nan) for fewer than two values."""
+    x = np.asarray(diffs, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return mean, mean - half, mean + half
+
+
+def _row(task: str, method: str, diffs: list[float]) -> dict:
+    mean, low, high = t_interval(diffs)
+    return {"task": task, "method": method, "n": len(diffs), "mean": mean, "low": low, "high": high,
+            "per_seed": list(diffs)}
+
+
+def paired_by_seed(trials: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Every method minus ``reference`` per task, paired by seed (dev score x 100)."""
+    done = _finished(trials)
+    methods = sorted(set(done["method"]), key=method_order_key)
+    if reference not in methods:
+        raise ValueError(f"--paired {reference}: no finished trial of that method here; methods: {', '.join(methods)}")
+    rows = []
+    for task, group in done.groupby("task"):
+        ref = group[group["method"] == reference].groupby("seed")["dev_score"].mean()
+        for method in methods:
+            if method == reference:
+                continue
+            own = group[group["method"] == method].groupby("seed")["dev_score"].mean()
+            seeds = sorted(set(own.index) & set(ref.index))
+            if seeds:
+                rows.append(_row(str(task), method, [100 * (own[s] - ref[s]) for s in seeds]))
+    return _sorted(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def paired_by_key(trials: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """Every trial minus the trial of ``other`` with the same key (``trial_id`` without its sweep name)."""
+    def keyed(frame: pd.DataFrame) -> pd.DataFrame:
+        done = _finished(frame).copy()
+        done["_key"] = [tid.removeprefix(f"{sweep}-") for tid, sweep in zip(done["trial_id"], done["sweep"])]
+        return done
+    both = keyed(trials).merge(keyed(other)[["_key", "dev_score"]], on="_key", suffixes=("", "_other"))
+    rows = [_row(str(task), str(method), list(100 * (g["dev_score"] - g["dev_score_other"])))
+            for (task, method), g in both.sort_values("seed").groupby(["task", "method"])]
+    return _sorted(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    if table.empty:
+        return table
+    order = table.assign(_m=table["method"].map(method_order_key), _t=table["task"].map(task_order_key))
+    return order.sort_values(["_m", "_t"]).drop(columns=["_m", "_t"]).reset_index(drop=True)
+
+
+def _cell(row: pd.Series) -> str:
+    seeds = ", ".join(f"{v:+.2f}" for v in row["per_seed"])
+    interval = "" if math.isnan(row["low"]) else f" [{row['low']:+.2f}, {row['high']:+.2f}]"
+    return f"{row['mean']:+.2f}{interval} ({seeds})"
+
+
+def render_paired(table: pd.DataFrame, title: str, fmt: str = "md") -> str:
+    """A method x task table of the cells above (md or LaTeX)."""
+    if table.empty:
+        return f"### {title}\n\nNo paired trials.\n" if fmt == "md" else f"% {title}: no paired trials\n"
+    tasks = sorted(set(table["task"]), key=task_order_key)
+    methods = sorted(set(table["method"]), key=method_order_key)
+    cells = {(r["method"], r["task"]): _cell(r) for _, r in table.iterrows()}
+    headers = ["Method"] + [task_header(t) for t in tasks]
+    body = [[method_label(m)] + [cells.get((m, t), "–") for t in tasks] for m in methods]
+    note = ("Dev score x 100: mean difference [95% t-interval over the pairs] (per-pair differences, in seed "
+            "order); no interval for a single pair.")
+    if fmt == "latex":
+        lines = [f"% {title}", r"\begin{tabular}{l" + "r" * len(tasks) + "}", r"\toprule",
+                 " & ".join(headers) + r" \\", r"\midrule"] + [" & ".join(line) + r" \\" for line in body]
+        return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", f"% {note}"]) + "\n"
+    lines = [f"### {title}", "", "| " + " | ".join(headers) + " |", "|:---|" + "---:|" * len(tasks)]
+    lines += ["| " + " | ".join(line) + " |" for line in body]
+    return "\n".join(lines + ["", f"- {note}"]) + "\n"
+
+
+def paired_report(results_dir: str | Path, reference: str | None, against: str | Path | None,
+                  fmt: str = "md") -> str:
+    """The paired tables ``kdray report`` appends (empty when neither option is given)."""
+    trials, _ = load(results_dir)
+    text = ""
+    if reference is not None:
+        title = f"Paired differences against {method_label(reference)} (by seed)"
+        text += "\n" + render_paired(paired_by_seed(trials, reference), title, fmt)
+    if against is not None:
+        other, _ = load(against)
+        title = f"Paired differences against {Path(against).name} (same trial keys)"
+        text += "\n" + render_paired(paired_by_key(trials, other), title, fmt)
+    return text
