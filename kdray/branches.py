@@ -75,7 +75,8 @@ def check_finite(losses: dict[str, float], where: str, first: int, last: int) ->
 def reward_set_loss(setup: RunSetup, state: TrainingState) -> float:
     """The student's loss on the run's reward set (NaN when the run has none)."""
     rs = setup.reward_set
-    return math.nan if rs is None else rs.loss(state.student, setup.spec.is_regression)
+    return math.nan if rs is None else rs.loss(state.student, setup.spec.is_regression,
+                                               setup.config.selector.reward.score)
 
 
 def phase_batches(setup: RunSetup, state: TrainingState, steps: int) -> list[list[int]]:

@@ -140,7 +140,7 @@ def _cmd_reward_snr(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = Plan(candidates=parse_candidates(args.candidates), boundaries=args.boundaries, steps=args.steps,
-                phase_steps=args.phase_steps, replicates=args.replicates)
+                phase_steps=args.phase_steps, replicates=args.replicates, score=args.score)
     data = {"source": args.source, "dir": args.data_dir, "max_train_samples": args.max_train_samples}
     out = args.out or str(_scratch("reward_snr"))
     print(f"[kdray] reward-snr writes to {out}", flush=True)
@@ -330,6 +330,8 @@ def _add_measure_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--candidates", default="all,finetune,teacher",
                    help="weightings per fork (all, finetune, teacher); the first is the advantage's reference")
     p.add_argument("--replicates", type=int, default=2, help="dropout replicates per candidate and fork")
+    p.add_argument("--score", choices=["ce", "brier"], default="ce",
+                   help="what the reward set is scored with (selector.reward.score)")
     p.add_argument("--max-seq-length", type=int, default=128, help="truncation length")
     p.add_argument("--max-train-samples", type=int, default=2000, help="train rows (data.max_train_samples)")
     p.add_argument("--teacher-cache", action="store_true", help="precompute the teacher's outputs once per task")

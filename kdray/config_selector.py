@@ -54,6 +54,10 @@ class RewardConfig(StrictModel):
     # 50-step phase at batch 32 (a forward costs about a third of a training step per row); more rows give a less
     # noisy reward at a proportional cost (results/reward_noise: kdray reward-noise).
     eval_examples: int = Field(default=96, ge=1)
+    # what the reward set is scored with: ce = the task loss (cross-entropy; MSE on STS-B); brier = the Brier
+    # score on classification tasks, a bounded proper score that does not punish late overconfidence the way
+    # cross-entropy does (issue 15); regression tasks score their squared error either way
+    score: Literal["ce", "brier"] = "ce"
     exploration: float = Field(default=0.0, ge=0)  # beta: weight of the exploration bonus
     cost: float = Field(default=0.0, ge=0)  # penalty per unit of selected relative compute
     normalize: bool = True  # running mean/std normalisation of the reward

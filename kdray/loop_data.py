@@ -13,7 +13,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from kdray.knowledge import run_model, task_loss
+from kdray.knowledge import reward_loss, run_model, task_loss
 
 
 def dist_info() -> tuple[int, int]:
@@ -191,15 +191,17 @@ class RewardSet:
                         for chunk in longest_first_batches(items, batch_size)]
 
     @torch.no_grad()
-    def loss(self, model: nn.Module, is_regression: bool) -> float:
-        """Mean task loss of ``model`` over the set (eval mode for the forward, the mode restored after)."""
+    def loss(self, model: nn.Module, is_regression: bool, score: str = "ce") -> float:
+        """Mean reward loss of ``model`` over the set (``score``: ``selector.reward.score``; eval mode for the
+        forward, the mode restored after)."""
         with eval_mode(model):
-            total = sum(_scored(model, batch, is_regression)[1] for batch in self.batches)
+            total = sum(reward_loss(run_model(model, b).logits, b["labels"], is_regression, score) * len(b["labels"])
+                        for b in self.batches)
         return float(total) / max(1, self.rows)
 
     @torch.no_grad()
-    def row_losses(self, model: nn.Module, is_regression: bool) -> torch.Tensor:
-        """The task loss of every row, in the set's batch order (what ``kdray reward-noise`` subsamples)."""
+    def row_losses(self, model: nn.Module, is_regression: bool, score: str = "ce") -> torch.Tensor:
+        """The reward loss of every row, in the set's batch order (what ``kdray reward-noise`` subsamples)."""
         with eval_mode(model):
-            return torch.cat([task_loss(run_model(model, b).logits.float(), b["labels"], is_regression,
+            return torch.cat([reward_loss(run_model(model, b).logits, b["labels"], is_regression, score,
                                         reduction="none") for b in self.batches])

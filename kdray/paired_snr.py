@@ -74,6 +74,7 @@ class Plan:
     steps: int = 160
     phase_steps: int = 20
     replicates: int = 2
+    score: str = "ce"  # selector.reward.score: what every reward-set loss here is (ce, brier)
 
 
 def parse_candidates(text: str) -> tuple[str, ...]:
@@ -123,7 +124,8 @@ def study_config(task: str, seed: int, plan: Plan, data: dict[str, Any], output_
         "train": {"max_steps": plan.steps, "batch_size": 32, "lr": 1e-4, "max_seq_length": max_seq_length,
                   "seed": seed, "progress": False, "eval_every": 10**9, "checkpoint_every": None,
                   "teacher_cache": teacher_cache},
-        "selector": {"name": "all", "phase_steps": plan.phase_steps, "trace_reward_set": True},
+        "selector": {"name": "all", "phase_steps": plan.phase_steps, "trace_reward_set": True,
+                     "reward": {"score": plan.score}},
         "knowledge": {"pool": list(POOL)},
     })
 
@@ -224,7 +226,7 @@ def render(summary: pd.DataFrame, plan: Plan, command: str, seconds: float) -> s
              f"Command: `{command}`  ",
              f"Candidates: {', '.join(plan.candidates)} (reference: {plan.candidates[0]}); {plan.replicates} dropout "
              f"replicates; boundaries at steps {boundary_steps(plan)} of a {plan.steps}-step run; phases of "
-             f"{plan.phase_steps} steps.  ",
+             f"{plan.phase_steps} steps; reward-set loss: {plan.score} (selector.reward.score).  ",
              f"Machine: {platform.machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
              f"{seconds / 60:.1f} min in all.", "",
              "Procedure" + doc.rstrip(), "",
@@ -249,7 +251,7 @@ def render(summary: pd.DataFrame, plan: Plan, command: str, seconds: float) -> s
 def _plan_columns(plan: Plan) -> dict[str, Any]:
     """The plan as columns of every row, so ``--resume`` keeps only runs measured the same way."""
     return {"steps": plan.steps, "phase_steps": plan.phase_steps, "boundaries": plan.boundaries,
-            "candidates": ",".join(plan.candidates), "replicates": plan.replicates}
+            "candidates": ",".join(plan.candidates), "replicates": plan.replicates, "score": plan.score}
 
 
 def _recorded(out: Path, plan: Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -257,6 +259,8 @@ def _recorded(out: Path, plan: Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not (out / "paired_snr.parquet").is_file() or not (out / "main_run.parquet").is_file():
         return pd.DataFrame(), pd.DataFrame()
     rows, main = pd.read_parquet(out / "paired_snr.parquet"), pd.read_parquet(out / "main_run.parquet")
+    if "score" not in main:  # written before selector.reward.score existed: cross-entropy
+        rows, main = rows.assign(score="ce"), main.assign(score="ce")
     same = np.logical_and.reduce([main[k] == v for k, v in _plan_columns(plan).items()])
     keep = set(map(tuple, main.loc[same, ["task", "seed"]].drop_duplicates().to_numpy().tolist()))
     pick = lambda f: f[[(t, s) in keep for t, s in zip(f.task, f.seed)]]  # noqa: E731

@@ -12,7 +12,7 @@ from kdray.knowledge.base import (
     register_knowledge,
     run_model,
 )
-from kdray.knowledge.finetune import task_loss
+from kdray.knowledge.finetune import brier_loss, reward_loss, task_loss
 from kdray.knowledge.normalize import NORMALIZE_MODES, LossNormalizer, kind_grad_norms
 from kdray.knowledge.relation import fsp_matrix
 
@@ -30,5 +30,7 @@ __all__ = [
     "needs_of",
     "register_knowledge",
     "run_model",
+    "brier_loss",
+    "reward_loss",
     "task_loss",
 ]
