@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import stats
 
 from kdray.registry import method_label
-from kdray.report import method_order_key, task_header, task_order_key
+from kdray.report_labels import method_order_key, task_header, task_order_key
 from kdray.results import load
 
 COLUMNS = ["task", "method", "n", "mean", "low", "high", "per_seed"]

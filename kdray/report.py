@@ -16,36 +16,18 @@ import numpy as np
 import pandas as pd
 
 from kdray.io import atomic_write_text
-from kdray.registry import METHODS, TASKS, VARYING_METHODS, method_label
+from kdray.registry import VARYING_METHODS, method_label
+from kdray.report_labels import (
+    TASK_LABELS,
+    TASK_METRICS,
+    method_order_key,
+    task_header,
+    task_order_key,
+)
 from kdray.results import load
 
-TASK_ORDER: tuple[str, ...] = tuple(TASKS)
-TASK_LABELS: dict[str, str] = {name: spec.label for name, spec in TASKS.items()}
-# The official metric(s) shown per task, as (label, dev_metrics key); dev_score is their mean.
-TASK_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
-    "cola": (("mcc", "matthews_correlation"),),
-    "mrpc": (("F1", "f1"), ("acc", "accuracy")),
-    "qqp": (("F1", "f1"), ("acc", "accuracy")),
-    "stsb": (("Pearson", "pearson"), ("Spearman", "spearman")),
-    "mnli": (("m", "validation_matched_accuracy"), ("mm", "validation_mismatched_accuracy")),
-}
 TEACHER = "Teacher"  # the reference row: no selector produces it
-METHOD_ORDER: tuple[str, ...] = ("teacher",) + tuple(m.method for m in METHODS)
 BY_CHOICES: tuple[str, ...] = ("method", "pool", "phase_steps", "reward", "action")
-
-
-def task_order_key(task: str) -> tuple[int, str]:
-    return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), task)
-
-
-def method_order_key(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
-
-
-def task_header(task: str) -> str:
-    """Column header: task name and its official metric(s)."""
-    metrics = TASK_METRICS.get(task, (("acc", "accuracy"),))
-    return f"{TASK_LABELS.get(task, task)} ({'/'.join(m for m, _ in metrics)})"
 
 
 # --------------------------------------------------------------------------- grouping
@@ -350,7 +332,7 @@ def render(results_dir: str | Path, fmt: str = "md", by: str = "method", plots_d
     if not selection.empty:
         text += "\n" + _render_selection(selection, fmt)
     if (paired is not None or against is not None) and fmt != "csv":
-        from kdray.paired import paired_report  # it builds on this module's ordering
+        from kdray.paired import paired_report
 
         text += paired_report(results_dir, paired, against, fmt)
     if plots_dir is not None:

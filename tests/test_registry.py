@@ -17,7 +17,7 @@ import pytest
 from kdray import config, registry
 from kdray.glue import TASKS
 from kdray.knowledge import KNOWLEDGE, Knowledge, register_knowledge
-from kdray.report import METHOD_ORDER, TASK_LABELS, TASK_ORDER
+from kdray.report_labels import METHOD_ORDER, TASK_LABELS, TASK_ORDER
 from kdray.selection import SELECTORS, register_selector
 from kdray.selection.baselines import StaticSelector
 
