@@ -85,7 +85,9 @@ def test_identical_student_and_teacher_give_zero() -> None:
     same = [t.clone().requires_grad_() for t in teachers]
     mask = padded_mask(3, 10, seed=4)
     loss = fsp_loss_gram(same, teachers, mask)
-    assert loss.item() == 0.0
+    # the expansion subtracts equal O(1) terms computed by different matmuls (the student's [AA^T | AC^T] in one,
+    # the teacher's CC^T in another), so zero holds to float32 rounding, not bit for bit (3.8e-8 seen at stop 22)
+    assert 0.0 <= loss.item() < 1e-6
     for g in torch.autograd.grad(loss, same):
         assert g.abs().max().item() < 1e-5
 
