@@ -264,8 +264,9 @@ def _add_result_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="what the table compares")
     p.add_argument("--plots", default=None, help="write PNG plots into this folder")
     p.add_argument("--out", default=None, help="write the table to this file instead of stdout")
-    p.add_argument("--paired", default=None, metavar="METHOD",
-                   help="add every method's difference to METHOD (e.g. all), paired by seed, with 95%% t-intervals")
+    p.add_argument("--paired", default=None, metavar="METHOD[,METHOD]",
+                   help="add every method's difference to METHOD (e.g. all,random_soft), paired by seed, "
+                        "with 95%% t-intervals: one table per METHOD")
     p.add_argument("--against", default=None, metavar="DIR",
                    help="add every trial's difference to the same trial key in the sweep folder DIR")
     p.set_defaults(func=_cmd_report)

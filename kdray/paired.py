@@ -4,8 +4,8 @@ Trials of one seed share the data order, the student's initialisation and the te
 methods within a seed cancels what the seed contributes; across seeds, the mean of those differences and its
 95% t-interval say whether one method beat another beyond seed noise (issues 15 and 16 ask for exactly this).
 
-- ``--paired REF``: every method minus ``REF`` (a ``method`` value of trials.parquet, e.g. ``all``), per task,
-  paired by seed.
+- ``--paired REF[,REF...]``: every method minus ``REF`` (a ``method`` value of trials.parquet, e.g. ``all``), per
+  task, paired by seed; one table per reference.
 - ``--against DIR``: every trial minus the trial with the same key in another sweep folder (e.g. the same grid
   in another precision), per method and task.
 
@@ -118,9 +118,9 @@ def paired_report(results_dir: str | Path, reference: str | None, against: str |
     """The paired tables ``kdray report`` appends (empty when neither option is given)."""
     trials, _ = load(results_dir)
     text = ""
-    if reference is not None:
-        title = f"Paired differences against {method_label(reference)} (by seed)"
-        text += "\n" + render_paired(paired_by_seed(trials, reference), title, fmt)
+    for ref in [] if reference is None else [r.strip() for r in reference.split(",") if r.strip()]:
+        title = f"Paired differences against {method_label(ref)} (by seed)"
+        text += "\n" + render_paired(paired_by_seed(trials, ref), title, fmt)
     if against is not None:
         other, _ = load(against)
         title = f"Paired differences against {Path(against).name} (same trial keys)"

@@ -60,8 +60,9 @@ def test_paired_by_key_across_two_sweeps(tmp_path: Path) -> None:
 
 def test_report_appends_the_paired_tables(tmp_path: Path) -> None:
     a, b = _sweep(tmp_path / "a", "a", shift=0.01), _sweep(tmp_path / "b", "b")
-    text = render(a, paired="all", against=b)
+    text = render(a, paired="all,bandit_soft", against=b)
     assert "### Paired differences against All (by seed)" in text
+    assert "### Paired differences against KS-Bandit-Soft (by seed)" in text
     assert "| KS-Bandit-Soft | +1.00 [-1.48, +3.48] (+1.00, +2.00, +0.00) |" in text
     assert "### Paired differences against b (same trial keys)" in text
     assert "| Finetune | +1.00 [+1.00, +1.00] (+1.00, +1.00) |" in text

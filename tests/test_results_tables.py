@@ -24,7 +24,7 @@ def test_readme_table_equals_report(study: Path) -> None:
     assert blocks, f"{study}/README.md has no report block"
     for target, args, table in blocks:
         by = re.search(r"--by (\w+)", args)
-        paired = re.search(r"--paired (\w+)", args)
+        paired = re.search(r"--paired (\S+)", args)
         against = re.search(r"--against (\S+)", args)
         named = (RESULTS.parent / target).resolve()
         # a block names the study or a folder inside it (e.g. its ablation sweep)
