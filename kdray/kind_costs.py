@@ -28,8 +28,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from kdray.knowledge import needs_of, run_model
-from kdray.step import TeacherFn, forked_rng, no_autocast
+from kdray.step import TeacherFn, no_autocast, probe_losses
 
 FLOOR = 0.01  # the least relative cost of a kind: a kind the cheapest one's step already pays for is not free
 REPEATS = 3  # timed passes per kind, in alternating order; the median resists one slow (first, allocating) pass
@@ -52,12 +51,8 @@ def kind_seconds(
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(repeats):
         for kind in (kinds if r % 2 == 0 else list(reversed(kinds))):
-            need = needs_of(knowledge, {kind: 1.0})
             start = time.perf_counter()
-            with forked_rng(student), autocast():
-                s_out = run_model(student, batch, need.student_hidden, need.student_attentions)
-                t_out = teacher_fn(batch, rows, need.teacher_hidden, need.teacher_attentions) if need.teacher else None
-                loss = knowledge[kind](s_out, t_out, batch)
+            loss = probe_losses(student, knowledge, [kind], batch, rows, teacher_fn, autocast)[kind]
             torch.autograd.grad(loss, params, allow_unused=True)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

@@ -94,6 +94,25 @@ def phase_state(
                       student_logits=s_logits, teacher_logits=t_logits)
 
 
+def probe_losses(
+    student: nn.Module,
+    knowledge: nn.ModuleDict,
+    kinds: Sequence[str],
+    batch: dict[str, torch.Tensor],
+    rows: Sequence[int],
+    teacher_fn: TeacherFn,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = no_autocast,
+) -> dict[str, torch.Tensor]:
+    """Each kind's unweighted loss from one train-mode forward on a probe batch, with only the outputs those
+    kinds need, under :func:`forked_rng` (the training steps' dropout stream stays as it was): what
+    :func:`kind_gradients` differentiates and :mod:`kdray.kind_costs` times."""
+    need = needs_of(knowledge, {k: 1.0 for k in kinds})
+    with forked_rng(student), autocast():
+        s_out = run_model(student, batch, need.student_hidden, need.student_attentions)
+        t_out = teacher_fn(batch, rows, need.teacher_hidden, need.teacher_attentions) if need.teacher else None
+        return {k: knowledge[k](s_out, t_out, batch) for k in kinds}
+
+
 def kind_gradients(
     student: nn.Module,
     knowledge: nn.ModuleDict,
@@ -108,13 +127,8 @@ def kind_gradients(
     cosines of those gradients, on one probe batch: one train-mode forward (:func:`forked_rng`), one
     backward per kind, no parameter's ``.grad`` touched. The norms are :func:`kdray.knowledge.kind_grad_norms`'s.
     """
-    weights = {k: 1.0 for k in kinds}
-    need = needs_of(knowledge, weights)
     params = [p for p in student.parameters() if p.requires_grad]
-    with forked_rng(student), autocast():
-        s_out = run_model(student, batch, need.student_hidden, need.student_attentions)
-        t_out = teacher_fn(batch, rows, need.teacher_hidden, need.teacher_attentions) if need.teacher else None
-        losses = {k: knowledge[k](s_out, t_out, batch) for k in kinds}
+    losses = probe_losses(student, knowledge, kinds, batch, rows, teacher_fn, autocast)
     flat: dict[str, torch.Tensor] = {}
     for kind, loss in losses.items():
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
