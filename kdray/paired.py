@@ -24,13 +24,9 @@ from scipy import stats
 
 from kdray.registry import method_label
 from kdray.report_labels import method_order_key, task_header, task_order_key
-from kdray.results import load
+from kdray.results import load, scored_trials
 
 COLUMNS = ["task", "method", "n", "mean", "low", "high", "per_seed"]
-
-
-def _finished(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[(trials["status"] != "ERROR") & trials["dev_score"].notna()]
 
 
 def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -51,7 +47,7 @@ def _row(task: str, method: str, diffs: list[float]) -> dict:
 
 def paired_by_seed(trials: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Every method minus ``reference`` per task, paired by seed (dev score x 100)."""
-    done = _finished(trials)
+    done = scored_trials(trials)
     methods = sorted(set(done["method"]), key=method_order_key)
     if reference not in methods:
         raise ValueError(f"--paired {reference}: no finished trial of that method here; methods: {', '.join(methods)}")
@@ -71,7 +67,7 @@ def paired_by_seed(trials: pd.DataFrame, reference: str) -> pd.DataFrame:
 def paired_by_key(trials: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     """Every trial minus the trial of ``other`` with the same key (``trial_id`` without its sweep name)."""
     def keyed(frame: pd.DataFrame) -> pd.DataFrame:
-        done = _finished(frame).copy()
+        done = scored_trials(frame)
         done["_key"] = [tid.removeprefix(f"{sweep}-") for tid, sweep in zip(done["trial_id"], done["sweep"])]
         return done
     both = keyed(trials).merge(keyed(other)[["_key", "dev_score"]], on="_key", suffixes=("", "_other"))
@@ -113,10 +109,9 @@ def render_paired(table: pd.DataFrame, title: str, fmt: str = "md") -> str:
     return "\n".join(lines + ["", f"- {note}"]) + "\n"
 
 
-def paired_report(results_dir: str | Path, reference: str | None, against: str | Path | None,
+def paired_report(trials: pd.DataFrame, reference: str | None, against: str | Path | None,
                   fmt: str = "md") -> str:
-    """The paired tables ``kdray report`` appends (empty when neither option is given)."""
-    trials, _ = load(results_dir)
+    """The paired tables ``kdray report`` appends to its report of ``trials`` (empty when neither option is given)."""
     text = ""
     for ref in [] if reference is None else [r.strip() for r in reference.split(",") if r.strip()]:
         title = f"Paired differences against {method_label(ref)} (by seed)"

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from kdray.registry import method_label  # noqa: E402
-from kdray.results import TRIAL_COLUMNS  # noqa: E402
+from kdray.results import TRIAL_COLUMNS, scored_trials  # noqa: E402
 
 
 def _safe(name: str) -> str:
@@ -160,7 +160,7 @@ def is_search(trials: pd.DataFrame) -> bool:
 
 def plot_history(trials: pd.DataFrame, out: Path) -> list[Path]:
     """Dev score against trial order (started_at) with the running best, per task."""
-    done = trials[(trials["status"] != "ERROR") & trials["dev_score"].notna()].sort_values("started_at")
+    done = scored_trials(trials).sort_values("started_at")
     if done.empty:
         return []
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -184,7 +184,7 @@ def param_importances(trials: pd.DataFrame) -> dict[str, float]:
     """fANOVA importances of the searched parameters for dev_score (optuna), {} when not computable."""
     import optuna
 
-    done = trials[(trials["status"] != "ERROR") & trials["dev_score"].notna()]
+    done = scored_trials(trials)
     cols = _varying(done)
     numeric = [c for c in cols if pd.api.types.is_numeric_dtype(done[c])]
     if len(done) < 4 or not numeric:

@@ -24,7 +24,7 @@ from kdray.report_labels import (
     task_header,
     task_order_key,
 )
-from kdray.results import load
+from kdray.results import load, scored_trials
 
 TEACHER = "Teacher"  # the reference row: no selector produces it
 BY_CHOICES: tuple[str, ...] = ("method", "pool", "phase_steps", "reward", "action")
@@ -56,11 +56,6 @@ GROUPERS: dict[str, tuple[str, Callable[[pd.Series], str]]] = {
     "reward": ("Reward (set, β, cost)", lambda r: _reward_label(r["reward_shaping"])),
     "action": ("Action", lambda r: str(r["action"]) if pd.notna(r["action"]) else "n/a"),
 }
-
-
-def _finished(trials: pd.DataFrame) -> pd.DataFrame:
-    ok = trials[(trials["status"] != "ERROR") & trials["dev_score"].notna()]
-    return ok.copy()
 
 
 def _teacher_runs(trials: pd.DataFrame) -> pd.DataFrame:
@@ -107,7 +102,7 @@ def _table_stats(trials: pd.DataFrame, by: str) -> tuple[list[tuple[str, ...]], 
     """Per (row label, task) statistics; row labels are tuples (method[, setting])."""
     if by not in BY_CHOICES:
         raise ValueError(f"--by must be one of {', '.join(BY_CHOICES)}, got {by!r}")
-    done = _finished(trials)
+    done = scored_trials(trials)
     tasks = sorted(set(done["task"]) | set(trials.loc[trials["teacher_score"].notna(), "task"]), key=task_order_key)
     cells: dict[tuple[tuple[str, ...], str], dict[str, Any]] = {}
     rows: list[tuple[str, ...]] = []
@@ -258,7 +253,7 @@ def selection_table(trials: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
     columns = ["method", "task", "knowledge", "seeds", "mean", "within_run_std", "first_third", "last_third"]
     if traces.empty or "episode" not in traces:
         return pd.DataFrame(columns=columns)
-    done = _finished(trials)
+    done = scored_trials(trials)
     done = done[done["method"].astype(str).isin(VARYING_METHODS)][["trial_id", "method", "task"]]
     final = traces[traces["episode"] == -1].merge(done, on="trial_id")
     if final.empty:
@@ -334,7 +329,7 @@ def render(results_dir: str | Path, fmt: str = "md", by: str = "method", plots_d
     if (paired is not None or against is not None) and fmt != "csv":
         from kdray.paired import paired_report
 
-        text += paired_report(results_dir, paired, against, fmt)
+        text += paired_report(trials, paired, against, fmt)
     if plots_dir is not None:
         from kdray.plots import make_plots  # matplotlib only when plots are asked for
 

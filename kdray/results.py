@@ -333,3 +333,8 @@ def load(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     tpath = d / TRACES_FILE
     traces = pd.read_parquet(tpath) if tpath.exists() else pd.DataFrame({c: [] for c in TRACE_COLUMNS})
     return trials, traces
+
+
+def scored_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials whose dev score enters a table or plot: not ERROR, with a dev score (a copy)."""
+    return trials[(trials["status"] != "ERROR") & trials["dev_score"].notna()].copy()
