@@ -41,8 +41,8 @@ def reward_loss(logits: torch.Tensor, labels: torch.Tensor, is_regression: bool,
                 reduction: str = "mean") -> torch.Tensor:
     """What the reward set is scored with (``selector.reward.score``): ``ce``, the task loss; ``brier``, the
     Brier score on classification tasks (on regression tasks both are the task's squared error)."""
-    if score == "brier" and not is_regression:
-        return brier_loss(logits, labels, reduction)
     if score not in ("ce", "brier"):
         raise ValueError(f"selector.reward.score={score!r} unknown; allowed: ce, brier")
+    if score == "brier" and not is_regression:
+        return brier_loss(logits, labels, reduction)
     return task_loss(logits, labels, is_regression, reduction)
