@@ -33,6 +33,7 @@ CHECKS = {
     ("step", "cached5"): "cached_vs_plain",
     ("step", "unselected_kinds_overhead"): "unselected_kinds_overhead",
     ("ray", "per_trial_overhead"): "ray_per_trial_s",
+    ("ray", "per_trial_steady"): "ray_steady_per_trial_s",
 }
 KNOWN_MISSES = {
     "cached_vs_plain": "the cached kinds' projections and losses on top of the plain step (relation now on token "
@@ -71,7 +72,7 @@ def test_quick_bench_writes_expected_rows(quick_run: tuple[int, float, object, s
     assert {("step", n) for n in EXPECTED_STEP_ROWS} <= names
     assert {("selector", n) for n in EXPECTED_SELECTOR_ROWS} <= names
     assert {("cache", "build_per_1k"), ("cache", "size_per_1k"), ("ray", "init"), ("ray", "per_trial_overhead"),
-            ("ray", "per_trial_overhead_new_process")} <= names
+            ("ray", "per_trial_steady"), ("ray", "per_sweep_fixed"), ("ray", "per_trial_overhead_new_process")} <= names
     assert ("data", "prepare_uncached") in names or ("data", "skipped") in names
     plain = df[(df.section == "step") & (df.name == "plain")].iloc[0]
     assert plain["ratio"] == pytest.approx(1.0) and plain["seconds"] > 0
@@ -105,6 +106,22 @@ def test_quick_bench_target(quick_run: tuple[int, float, object, str], row_key: 
         pytest.skip(f"{section}/{name} = {row['value']:.3f} beyond {limit:.3f}, measured at load "
                     f"{RUN_LOAD['end']:.1f} on {os.cpu_count()} CPUs: rerun on a quiet machine")
     assert row["value"] <= limit, f"{section}/{name} = {row['value']:.3f} {row['unit']}, limit {limit:.3f} (target {target})"
+
+
+def test_steady_state_is_the_slope_after_the_first_wave() -> None:
+    """Two trials at a time, a wave every 0.5 s after 10 s of start-up: 0.25 s per trial, the start-up apart."""
+    from kdray.bench.ray_overhead import SweepTiming, variant_rows
+
+    ends = [100.0 + 10 + 0.5 * (i // 2) for i in range(8)]
+    timing = SweepTiming(fit_start=100.0, fit_end=ends[-1] + 5, in_trial=0.0, latency=0.0,
+                         starts=[e - 0.01 for e in ends], ends=ends, conc=2)
+    assert timing.steady() == pytest.approx(0.25)
+    rows = {r.name: r for r in variant_rows("sweep", timing, 8)}
+    assert rows["per_trial_steady"].status == "pass" and rows["per_trial_overhead"].value == pytest.approx(16.5 / 8)
+    assert rows["per_sweep_fixed"].value == pytest.approx(16.5 - 2.0)
+    assert "last trial end to fit() return 5.0 s" in rows["per_sweep_fixed"].note
+    too_few = SweepTiming(0.0, 1.0, 0.0, 0.0, [0.1, 0.1], [0.5, 0.6], conc=2)
+    assert math.isnan(too_few.steady()) and variant_rows("sweep", too_few, 2)[1].status == "FAIL"
 
 
 def test_check_statuses_and_render() -> None:

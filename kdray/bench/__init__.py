@@ -23,12 +23,14 @@ Rows (``bench.parquet``; ``bench.md`` has the table, the command and the machine
 9. ``data/*``: ``glue.prepare_data`` throughput on real RTE, the per-step collate path, and
    ``data/path_vs_step`` (tokenize -> collate examples/s over the plain step's examples/s);
 10. ``peers/*`` (``--peers``): kdray / TextBrewer on the same models and batches;
-11. ``ray/*``: per-trial overhead of trivial sweeps on a local Ray.
+11. ``ray/*``: per-trial overhead of trivial sweeps on a local Ray: the whole sweep's wall per trial, the
+    steady-state slope after the first wave of trials, and the fixed per-sweep remainder.
 
 Targets (``--quick`` exits 1 when one is missed beyond its margin; the rule is in :mod:`kdray.bench.rows`):
 selector at phase_steps=50 <= 2% of (1) (+1 point); cached step <= 1.10x (1) (10%); finetune+response
-selected from the full pool <= the same step from a pool of just those (5%); Ray per-trial overhead <= 5 s (50%); with ``--peers``, vanilla KD <= 0.9x
-TextBrewer's and KD + hidden + attention <= 0.7x (10% each).
+selected from the full pool <= the same step from a pool of just those (5%); Ray per-trial overhead <= 5 s
+(50%) over a whole sweep and <= 0.5 s (50%) in steady state; with ``--peers``, vanilla KD <= 0.9x TextBrewer's and KD + hidden +
+attention <= 0.7x (10% each).
 """
 
 from typing import Any

@@ -44,4 +44,11 @@ FINDINGS = """
   actors and the worker, each a fresh Python process importing torch and ray; on 2 cores that was 17 s of a
   trial's overhead. One-worker trials now run the loop in the Tune trial itself (`resources.trainer: auto`);
   `per_trial_overhead_ray_train` keeps measuring the TorchTrainer path that DDP trials take.
+- **ray/per_trial_steady** (target 0.5 s, issue #18): `per_trial_overhead` divides a short sweep's whole wall
+  clock by its trials, so it is mostly a fixed cost; Ray's own scalability figure (about 0.14 s per trial) is
+  the slope once trials run. The slope here (trials after the first wave) was 0.04-0.06 s per trial on the
+  shared 2-core box (stop 23, 10-12 trials). The fixed part (`per_sweep_fixed`, 10-16 s there) is Tune's
+  set-up to the first trial start (8-9 s: trial processes start and import torch) and, after the last trial,
+  up to 5 s that Tune's controller waits for its actors to stop (`TuneController._cleanup_trials`), plus its
+  final experiment snapshot: Ray's, paid once per sweep, not per trial.
 """

@@ -8,10 +8,12 @@ wired as DDP trials are (a 0.01-CPU Tune trial launching a ``TorchTrainer`` that
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,22 +70,73 @@ def in_trial_trial(config: dict[str, Any]) -> None:
     """The same trivial work in the Tune trial itself, as kdray.sweep runs a one-worker trial (no Ray Train)."""
     from ray import tune
 
+    started = time.time()
     t0 = time.perf_counter()
     x = torch.ones(8, 8)
     for _ in range(10):
         x = x @ x / 8
-    tune.report({"in_trial_s": time.perf_counter() - t0, "fit_s": time.perf_counter() - t0})
+    tune.report({"in_trial_s": time.perf_counter() - t0, "fit_s": time.perf_counter() - t0,
+                 "t_start": started, "t_end": time.time()})
 
 
-def variant_rows(label: str, wall: float, in_trial: float, latency: float, n_trials: int, conc: int) -> list[Row]:
+@dataclass
+class SweepTiming:
+    """One ``Tuner.fit`` of trivial trials: its wall clock and each trial's in-trial start and end (epoch s)."""
+
+    fit_start: float
+    fit_end: float
+    in_trial: float  # summed in-trial seconds
+    latency: float  # median TorchTrainer.fit wall minus in-trial time (Ray Train variant)
+    starts: list[float]
+    ends: list[float]
+    conc: int
+
+    @property
+    def wall(self) -> float:
+        return self.fit_end - self.fit_start
+
+    def steady(self) -> float:
+        """Wall seconds per trial once the first wave of ``conc`` trials has ended (NaN with too few trials).
+
+        Trials end in waves of ``conc``; the slope from the first wave's last end to the last end is what each
+        further trial adds to a sweep, without Ray's and Tune's start-up and shutdown: the figure Ray's own
+        scalability benchmark reports (about 0.14 s per trial over 10,000 trials).
+        """
+        ends = sorted(self.ends)
+        if len(ends) <= self.conc:
+            return math.nan
+        return (ends[-1] - ends[self.conc - 1]) / (len(ends) - self.conc)
+
+    def fixed_parts(self) -> str:
+        """Where a sweep's fixed cost goes: before the first trial starts, the first wave, after the last end."""
+        if not self.starts:
+            return ""
+        ends = sorted(self.ends)
+        return (f"; Tune set-up to first trial start {min(self.starts) - self.fit_start:.1f} s, first wave "
+                f"{ends[self.conc - 1] - min(self.starts):.1f} s, last trial end to fit() return "
+                f"{self.fit_end - ends[-1]:.1f} s")
+
+
+def variant_rows(label: str, timing: SweepTiming, n_trials: int) -> list[Row]:
     """The rows of one Ray variant: per-trial overhead = (sweep wall - in-trial time) / trials."""
-    per = (wall - in_trial) / n_trials
+    wall, conc = timing.wall, timing.conc
+    per = (wall - timing.in_trial) / n_trials
     if label == "sweep":
+        steady = timing.steady()
+        fixed = wall - steady * n_trials
         return [check(Row(
             "ray", "per_trial_overhead", "local ray", seconds=per, value=per, unit="s/trial", repeats=n_trials,
-            note=f"({wall:.1f} s sweep wall - {in_trial:.3f} s in-trial) / {n_trials} trials; kdray.sweep "
+            note=f"({wall:.1f} s sweep wall - {timing.in_trial:.3f} s in-trial) / {n_trials} trials; kdray.sweep "
                  f"wiring of a one-worker trial (resources.trainer auto): the loop in a 1-CPU Tune "
-                 f"function trial, {conc} at a time, trial processes reused (reuse_actors)"), "ray_per_trial_s", per)]
+                 f"function trial, {conc} at a time, trial processes reused (reuse_actors)"), "ray_per_trial_s", per),
+                check(Row(
+            "ray", "per_trial_steady", "local ray", seconds=steady, value=steady, unit="s/trial",
+            repeats=n_trials - conc,
+            note=f"the same sweep after its first wave of {conc} trials: (last trial end - first wave's end) / "
+                 f"{n_trials - conc} trials, so Ray and Tune start-up and shutdown are out (the slope Ray's "
+                 f"scalability benchmark reports)"), "ray_steady_per_trial_s", steady),
+                Row("ray", "per_sweep_fixed", "local ray", seconds=fixed, value=fixed, unit="s/sweep", repeats=1,
+                    note="sweep wall - trials x steady state, paid once per sweep" + timing.fixed_parts())]
     if label == "new_process":
         return [Row("ray", "per_trial_overhead_new_process", "local ray", seconds=per, value=per, unit="s/trial",
                     repeats=n_trials, note="the same trials, each in a new process (reuse_actors off; kdray before "
@@ -91,12 +144,30 @@ def variant_rows(label: str, wall: float, in_trial: float, latency: float, n_tri
     return [Row("ray", "per_trial_overhead_ray_train", "local ray", seconds=per, value=per, unit="s/trial",
                 repeats=n_trials, note=f"the same trials as a Tune trial -> TorchTrainer(1 worker) (resources.trainer "
                                        f"ray_train; what every DDP trial pays), {conc} at a time"),
-            Row("ray", "trial_latency_ray_train", "local ray", seconds=latency, value=latency, unit="s/trial",
-                repeats=n_trials, note="median TorchTrainer.fit wall minus in-trial time, inside a trial")]
+            Row("ray", "trial_latency_ray_train", "local ray", seconds=timing.latency, value=timing.latency,
+                unit="s/trial", repeats=n_trials,
+                note="median TorchTrainer.fit wall minus in-trial time, inside a trial")]
 
 
-def bench_ray(work: Path, n_trials: int, log: Callable[[str], None], with_ray_train: bool) -> list[Row]:
-    """Sweeps of ``n_trials`` trivial trials on a local Ray started and stopped here."""
+def timed_fit(tuner: Any, conc: int) -> SweepTiming:
+    """Run the sweep; its wall clock and the trials' own timestamps (a failed trial raises)."""
+    fit_start = time.time()
+    grid = tuner.fit()
+    fit_end = time.time()
+    errors = [r.error for r in grid if r.error]
+    if errors:
+        raise RuntimeError(f"Ray bench trials failed: {errors[0]}")
+    metrics = [r.metrics for r in grid]
+    return SweepTiming(fit_start, fit_end, in_trial=sum(float(m["in_trial_s"]) for m in metrics),
+                       latency=median([float(m["fit_s"]) - float(m["in_trial_s"]) for m in metrics]),
+                       starts=[float(m["t_start"]) for m in metrics if "t_start" in m],
+                       ends=[float(m["t_end"]) for m in metrics if "t_end" in m], conc=conc)
+
+
+def bench_ray(work: Path, n_trials: int, log: Callable[[str], None], with_ray_train: bool,
+              other_trials: int | None = None) -> list[Row]:
+    """Sweeps of ``n_trials`` trivial trials (kdray's wiring) on a local Ray started and stopped here; the
+    comparison variants (new process per trial, Ray Train) run ``other_trials`` (default ``n_trials``)."""
     import ray
     from ray import tune
 
@@ -126,29 +197,24 @@ def bench_ray(work: Path, n_trials: int, log: Callable[[str], None], with_ray_tr
     try:
         cluster = ray.cluster_resources()
         conc = max_concurrent_trials(sweep, cluster)
-        variants = [("sweep", in_trial_trial, tune_resources(sweep), conc, reuse_actors(sweep)),
-                    ("new_process", in_trial_trial, tune_resources(sweep), conc, False)]
+        others = other_trials or n_trials
+        variants = [("sweep", in_trial_trial, tune_resources(sweep), conc, reuse_actors(sweep), n_trials),
+                    ("new_process", in_trial_trial, tune_resources(sweep), conc, False, others)]
         if with_ray_train:
             variants.append(("ray_train", trivial_trial, {"CPU": TRIAL_DRIVER_CPU},
-                             max_concurrent_trials(train_sweep, cluster), reuse_actors(train_sweep)))
-        for label, fn, resources, conc, reuse in variants:
+                             max_concurrent_trials(train_sweep, cluster), reuse_actors(train_sweep), others))
+        for label, fn, resources, conc, reuse, count in variants:
             tuner = tune.Tuner(
                 tune.with_resources(fn, resources),
-                param_space={"i": tune.grid_search(list(range(n_trials))), "storage": str(storage / "train")},
+                param_space={"i": tune.grid_search(list(range(count))), "storage": str(storage / "train")},
                 tune_config=tune.TuneConfig(max_concurrent_trials=conc, reuse_actors=reuse),
                 run_config=tune.RunConfig(name=f"bench_{label}", storage_path=str(storage), verbose=0),
             )
-            t1 = time.perf_counter()
-            grid = tuner.fit()
-            wall = time.perf_counter() - t1
-            errors = [r.error for r in grid if r.error]
-            if errors:
-                raise RuntimeError(f"Ray bench trials failed: {errors[0]}")
-            in_trial = sum(float(r.metrics["in_trial_s"]) for r in grid)
-            latency = median([float(r.metrics["fit_s"]) - float(r.metrics["in_trial_s"]) for r in grid])
-            per = (wall - in_trial) / n_trials
-            log(f"  ray {label}: {n_trials} trials in {wall:.1f} s ({conc} at a time), overhead {per:.2f} s/trial")
-            rows += variant_rows(label, wall, in_trial, latency, n_trials, conc)
+            timing = timed_fit(tuner, conc)
+            per = (timing.wall - timing.in_trial) / count
+            log(f"  ray {label}: {count} trials in {timing.wall:.1f} s ({conc} at a time), overhead {per:.2f} "
+                f"s/trial" + (f", steady state {timing.steady():.2f} s/trial" if timing.ends else ""))
+            rows += variant_rows(label, timing, count)
     finally:
         t2 = time.perf_counter()
         ray.shutdown()

@@ -54,8 +54,9 @@ def measure(scale: str, dev: torch.device, peers: bool, work: Path) -> list[Row]
         log("[bench] peers")
         rows += peer_rows(scale, 4 if quick else 7, 1, dev, peak, log)
     log("[bench] ray")
-    try:  # quick: 4 trials (two rounds of 3, so reused processes show); otherwise 8, and as Ray Train trials
-        rows += bench_ray(work, 4 if quick else 8, log, with_ray_train=not quick)
+    try:  # kdray's wiring: 8 trials (quick) or 16, enough waves for a steady state; the comparison variants
+        # (a new process per trial; as Ray Train trials, full only) 4 or 8
+        rows += bench_ray(work, 8 if quick else 16, log, with_ray_train=not quick, other_trials=4 if quick else 8)
     except Exception as err:  # keep the other measurements; the missing Ray row fails the checks
         log(f"  ray: failed: {type(err).__name__}: {err}")
         rows.append(Row("ray", "failed", "local ray", status="FAIL", note=f"{type(err).__name__}: {err}"[:300]))
