@@ -260,13 +260,14 @@ def _add_result_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("report", help="paper-style tables and plots from a sweep's Parquet files")
     p.add_argument("results_dir")
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md", help="table format")
-    p.add_argument("--by", choices=["method", "pool", "phase_steps", "reward", "action"], default="method",
-                   help="what the table compares")
+    p.add_argument("--by", default="method",
+                   help="what the table compares: method (default), pool, phase_steps, reward, action, or any "
+                        "searched parameter (its dotted key, e.g. knowledge.normalize)")
     p.add_argument("--plots", default=None, help="write PNG plots into this folder")
     p.add_argument("--out", default=None, help="write the table to this file instead of stdout")
     p.add_argument("--paired", default=None, metavar="METHOD[,METHOD]",
-                   help="add every method's difference to METHOD (e.g. all,random_soft), paired by seed, "
-                        "with 95%% t-intervals: one table per METHOD")
+                   help="add every method's difference to METHOD (e.g. all,random_soft; with --by, METHOD@SETTING "
+                        "such as all@none), paired by seed, with 95%% t-intervals: one table per METHOD")
     p.add_argument("--against", default=None, metavar="DIR",
                    help="add every trial's difference to the same trial key in the sweep folder DIR")
     p.set_defaults(func=_cmd_report)

@@ -24,6 +24,7 @@ from scipy import stats
 
 from kdray.registry import method_label
 from kdray.report_labels import method_order_key, task_header, task_order_key
+from kdray.report_settings import grouper, natural_key
 from kdray.results import load, scored_trials
 
 COLUMNS = ["task", "method", "n", "mean", "low", "high", "per_seed"]
@@ -45,41 +46,64 @@ def _row(task: str, method: str, diffs: list[float]) -> dict:
             "per_seed": list(diffs)}
 
 
-def paired_by_seed(trials: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Every method minus ``reference`` per task, paired by seed (dev score x 100)."""
+def row_names(trials: pd.DataFrame, by: str = "method") -> pd.Series:
+    """Each trial's row in the paired tables: its method, or ``method@setting`` when ``--by`` names a setting."""
+    group = grouper(by, trials)
+    if group is None:
+        return trials["method"].astype(str)
+    return trials["method"].astype(str) + "@" + trials.apply(group[1], axis=1).astype(str)
+
+
+def row_order_key(row: str) -> tuple:
+    method, _, setting = row.partition("@")
+    return method_order_key(method), natural_key(setting)
+
+
+def row_label(row: str) -> str:
+    method, at, setting = row.partition("@")
+    return method_label(method) + (f" @ {setting}" if at else "")
+
+
+def paired_by_seed(trials: pd.DataFrame, reference: str, by: str = "method") -> pd.DataFrame:
+    """Every row (method, or method@setting with ``by``) minus ``reference`` per task, paired by seed (dev x 100)."""
     done = scored_trials(trials)
-    methods = sorted(set(done["method"]), key=method_order_key)
-    if reference not in methods:
-        raise ValueError(f"--paired {reference}: no finished trial of that method here; methods: {', '.join(methods)}")
+    done["_row"] = row_names(done, by) if not done.empty else pd.Series(dtype=str)
+    rows_seen = sorted(set(done["_row"]), key=row_order_key)
+    if reference not in rows_seen:
+        what = "METHOD" if by == "method" else f"METHOD@SETTING (--by {by})"
+        raise ValueError(f"--paired {reference}: no finished trial of that {what} here; "
+                         f"there are: {', '.join(rows_seen) or 'none'}")
     rows = []
     for task, group in done.groupby("task"):
-        ref = group[group["method"] == reference].groupby("seed")["dev_score"].mean()
-        for method in methods:
-            if method == reference:
+        ref = group[group["_row"] == reference].groupby("seed")["dev_score"].mean()
+        for name in rows_seen:
+            if name == reference:
                 continue
-            own = group[group["method"] == method].groupby("seed")["dev_score"].mean()
+            own = group[group["_row"] == name].groupby("seed")["dev_score"].mean()
             seeds = sorted(set(own.index) & set(ref.index))
             if seeds:
-                rows.append(_row(str(task), method, [100 * (own[s] - ref[s]) for s in seeds]))
+                rows.append(_row(str(task), name, [100 * (own[s] - ref[s]) for s in seeds]))
     return _sorted(pd.DataFrame(rows, columns=COLUMNS))
 
 
-def paired_by_key(trials: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
-    """Every trial minus the trial of ``other`` with the same key (``trial_id`` without its sweep name)."""
+def paired_by_key(trials: pd.DataFrame, other: pd.DataFrame, by: str = "method") -> pd.DataFrame:
+    """Every trial minus the trial of ``other`` with the same key (``trial_id`` without its sweep name), per row."""
     def keyed(frame: pd.DataFrame) -> pd.DataFrame:
         done = scored_trials(frame)
         done["_key"] = [tid.removeprefix(f"{sweep}-") for tid, sweep in zip(done["trial_id"], done["sweep"])]
         return done
-    both = keyed(trials).merge(keyed(other)[["_key", "dev_score"]], on="_key", suffixes=("", "_other"))
-    rows = [_row(str(task), str(method), list(100 * (g["dev_score"] - g["dev_score_other"])))
-            for (task, method), g in both.sort_values("seed").groupby(["task", "method"])]
+    mine = keyed(trials)
+    mine["_row"] = row_names(mine, by) if not mine.empty else pd.Series(dtype=str)
+    both = mine.merge(keyed(other)[["_key", "dev_score"]], on="_key", suffixes=("", "_other"))
+    rows = [_row(str(task), str(name), list(100 * (g["dev_score"] - g["dev_score_other"])))
+            for (task, name), g in both.sort_values("seed").groupby(["task", "_row"])]
     return _sorted(pd.DataFrame(rows, columns=COLUMNS))
 
 
 def _sorted(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
-    order = table.assign(_m=table["method"].map(method_order_key), _t=table["task"].map(task_order_key))
+    order = table.assign(_m=table["method"].map(row_order_key), _t=table["task"].map(task_order_key))
     return order.sort_values(["_m", "_t"]).drop(columns=["_m", "_t"]).reset_index(drop=True)
 
 
@@ -94,10 +118,10 @@ def render_paired(table: pd.DataFrame, title: str, fmt: str = "md") -> str:
     if table.empty:
         return f"### {title}\n\nNo paired trials.\n" if fmt == "md" else f"% {title}: no paired trials\n"
     tasks = sorted(set(table["task"]), key=task_order_key)
-    methods = sorted(set(table["method"]), key=method_order_key)
+    methods = sorted(set(table["method"]), key=row_order_key)
     cells = {(r["method"], r["task"]): _cell(r) for _, r in table.iterrows()}
     headers = ["Method"] + [task_header(t) for t in tasks]
-    body = [[method_label(m)] + [cells.get((m, t), "–") for t in tasks] for m in methods]
+    body = [[row_label(m)] + [cells.get((m, t), "–") for t in tasks] for m in methods]
     note = ("Dev score x 100: mean difference [95% t-interval over the pairs] (per-pair differences, in seed "
             "order); no interval for a single pair.")
     if fmt == "latex":
@@ -110,14 +134,15 @@ def render_paired(table: pd.DataFrame, title: str, fmt: str = "md") -> str:
 
 
 def paired_report(trials: pd.DataFrame, reference: str | None, against: str | Path | None,
-                  fmt: str = "md") -> str:
-    """The paired tables ``kdray report`` appends to its report of ``trials`` (empty when neither option is given)."""
+                  fmt: str = "md", by: str = "method") -> str:
+    """The paired tables ``kdray report`` appends to its report of ``trials`` (empty when neither option is given);
+    with ``by`` naming a setting, ``reference`` rows are ``METHOD@SETTING``."""
     text = ""
     for ref in [] if reference is None else [r.strip() for r in reference.split(",") if r.strip()]:
-        title = f"Paired differences against {method_label(ref)} (by seed)"
-        text += "\n" + render_paired(paired_by_seed(trials, ref), title, fmt)
+        title = f"Paired differences against {row_label(ref)} (by seed)"
+        text += "\n" + render_paired(paired_by_seed(trials, ref, by), title, fmt)
     if against is not None:
         other, _ = load(against)
         title = f"Paired differences against {Path(against).name} (same trial keys)"
-        text += "\n" + render_paired(paired_by_key(trials, other), title, fmt)
+        text += "\n" + render_paired(paired_by_key(trials, other, by), title, fmt)
     return text

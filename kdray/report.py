@@ -8,9 +8,8 @@ ERROR trials never enter a number; they are counted in a footnote so a partial s
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,38 +23,10 @@ from kdray.report_labels import (
     task_header,
     task_order_key,
 )
+from kdray.report_settings import grouper, natural_key
 from kdray.results import load, scored_trials
 
 TEACHER = "Teacher"  # the reference row: no selector produces it
-BY_CHOICES: tuple[str, ...] = ("method", "pool", "phase_steps", "reward", "action")
-
-
-# --------------------------------------------------------------------------- grouping
-
-
-def _fmt_num(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    return str(v)
-
-
-def _reward_label(rs: Any) -> str:
-    if not isinstance(rs, dict):
-        return "n/a"
-    parts = [str(rs.get("reward_set"))]
-    parts.append(f"β={_fmt_num(rs.get('exploration'))}")
-    parts.append(f"cost={_fmt_num(rs.get('cost'))}")
-    if rs.get("normalize") is False:
-        parts.append("raw")
-    return ", ".join(parts)
-
-
-GROUPERS: dict[str, tuple[str, Callable[[pd.Series], str]]] = {
-    "pool": ("Pool", lambda r: "+".join(r["knowledge_pool"]) if len(r["knowledge_pool"]) else "n/a"),
-    "phase_steps": ("Phase steps", lambda r: "n/a" if pd.isna(r["phase_steps"]) else str(int(r["phase_steps"]))),
-    "reward": ("Reward (set, β, cost)", lambda r: _reward_label(r["reward_shaping"])),
-    "action": ("Action", lambda r: str(r["action"]) if pd.notna(r["action"]) else "n/a"),
-}
 
 
 def _teacher_runs(trials: pd.DataFrame) -> pd.DataFrame:
@@ -71,12 +42,6 @@ def _teacher_runs(trials: pd.DataFrame) -> pd.DataFrame:
     t["dev_score"] = t["teacher_score"]
     t["dev_metrics"] = [{} for _ in range(len(t))]  # a teacher's score is its primary metric only
     return t
-
-
-def _natural_key(text: str) -> tuple[Any, ...]:
-    """Order settings as a reader expects: numbers by value (phase steps 10, 50, 200), not as text (10, 200, 50)."""
-    return tuple((0, float(part), "") if re.fullmatch(r"\d+(\.\d+)?", part) else (1, 0.0, part)
-                 for part in re.split(r"(\d+(?:\.\d+)?)", text) if part)
 
 
 def _cell_stats(rows: pd.DataFrame, task: str) -> dict[str, Any]:
@@ -100,14 +65,13 @@ def _cell_stats(rows: pd.DataFrame, task: str) -> dict[str, Any]:
 
 def _table_stats(trials: pd.DataFrame, by: str) -> tuple[list[tuple[str, ...]], list[str], dict, dict, list[str]]:
     """Per (row label, task) statistics; row labels are tuples (method[, setting])."""
-    if by not in BY_CHOICES:
-        raise ValueError(f"--by must be one of {', '.join(BY_CHOICES)}, got {by!r}")
+    group = grouper(by, trials)
     done = scored_trials(trials)
     tasks = sorted(set(done["task"]) | set(trials.loc[trials["teacher_score"].notna(), "task"]), key=task_order_key)
     cells: dict[tuple[tuple[str, ...], str], dict[str, Any]] = {}
     rows: list[tuple[str, ...]] = []
     teacher = _teacher_runs(trials)
-    label_cols = ["Method"] if by == "method" else ["Method", GROUPERS[by][0]]
+    label_cols = ["Method"] if group is None else ["Method", group[0]]
     if not teacher.empty:
         key = (TEACHER,) if by == "method" else (TEACHER, "")
         rows.append(key)
@@ -115,9 +79,9 @@ def _table_stats(trials: pd.DataFrame, by: str) -> tuple[list[tuple[str, ...]], 
             cells[(key, task)] = _cell_stats(g, str(task))
     if not done.empty:
         done["_method"] = done["method"].astype(str)
-        done["_setting"] = "" if by == "method" else done.apply(GROUPERS[by][1], axis=1)
+        done["_setting"] = "" if group is None else done.apply(group[1], axis=1)
         for (method, setting), g in sorted(done.groupby(["_method", "_setting"]),
-                                           key=lambda kv: (method_order_key(kv[0][0]), _natural_key(kv[0][1]))):
+                                           key=lambda kv: (method_order_key(kv[0][0]), natural_key(kv[0][1]))):
             key = (method_label(method),) if by == "method" else (method_label(method), setting)
             rows.append(key)
             for task, gt in g.groupby("task"):
@@ -221,7 +185,8 @@ def _render_table(trials: pd.DataFrame, fmt: str, by: str) -> str:
         line.append(("–" if math.isnan(ret) or key[0] == TEACHER else f"{ret:.1f}", "", key in best_ret))
         body.append(line)
     notes = _footnotes(trials, cells, fmt)
-    title = "Main results" if by == "method" else f"Ablation by {GROUPERS[by][0].lower()}"
+    group = grouper(by, trials)
+    title = "Main results" if group is None else f"Ablation by {group[0] if '.' in group[0] else group[0].lower()}"
     if fmt == "md":
         def md(c: tuple[str, str, bool]) -> str:
             return (f"**{c[0]}**" if c[2] else c[0]) + c[1]
@@ -329,7 +294,7 @@ def render(results_dir: str | Path, fmt: str = "md", by: str = "method", plots_d
     if (paired is not None or against is not None) and fmt != "csv":
         from kdray.paired import paired_report
 
-        text += paired_report(trials, paired, against, fmt)
+        text += paired_report(trials, paired, against, fmt, by)
     if plots_dir is not None:
         from kdray.plots import make_plots  # matplotlib only when plots are asked for
 

@@ -45,7 +45,7 @@ def test_paired_by_seed_differences_and_intervals(tmp_path: Path) -> None:
     assert table.loc["bandit_soft", "n"] == 3 and table.loc["bandit_soft", "mean"] == pytest.approx(1.0)
     assert table.loc["bandit_soft", "low"] < 0 < table.loc["bandit_soft", "high"]
     assert table.loc["finetune", "per_seed"] == pytest.approx([-5.0, -4.0])  # seed 3 is an ERROR: unpaired
-    with pytest.raises(ValueError, match=r"--paired vanilla_kd: no finished trial of that method here; methods: "):
+    with pytest.raises(ValueError, match=r"--paired vanilla_kd: no finished trial of that METHOD here; there are: finetune, all, bandit_soft"):
         paired_by_seed(trials, "vanilla_kd")
 
 
@@ -68,4 +68,34 @@ def test_report_appends_the_paired_tables(tmp_path: Path) -> None:
     assert "| Finetune | +1.00 [+1.00, +1.00] (+1.00, +1.00) |" in text
     cli = subprocess.run([sys.executable, "-m", "kdray", "report", str(a), "--paired", "nope"],
                          capture_output=True, text=True, timeout=120, check=False)
-    assert cli.returncode != 0 and "--paired nope: no finished trial of that method here" in cli.stderr
+    assert cli.returncode != 0 and "--paired nope: no finished trial of that METHOD here" in cli.stderr
+
+
+def _normalize_sweep(folder: Path) -> Path:
+    """``all`` under three values of a searched key (knowledge.normalize), seeds 1-3, with known differences."""
+    shift = {"none": 0.0, "running-loss": 0.02, "gradient-norm": -0.01}
+    rows = [trial_row("n", f"n-mrpc-s{seed}-{mode}", {"task": "mrpc", "method": "all", "seed": seed,
+                                                      "dev_score": 0.70 + 0.01 * seed + d, "metric_name": "f1/accuracy",
+                                                      "dev_metrics": {"f1": 0.7, "accuracy": 0.7}},
+                      searched={"knowledge.normalize": mode})
+            for seed in (1, 2, 3) for mode, d in shift.items()]
+    append_trials(folder, rows)
+    return folder
+
+
+def test_by_a_searched_key_tables_and_pairs_its_settings(tmp_path: Path) -> None:
+    trials, _ = load(_normalize_sweep(tmp_path / "n"))
+    table = paired_by_seed(trials, "all@none", by="knowledge.normalize").set_index("method")
+    assert set(table.index) == {"all@running-loss", "all@gradient-norm"}
+    assert table.loc["all@running-loss", "per_seed"] == pytest.approx([2.0, 2.0, 2.0])
+    assert table.loc["all@gradient-norm", "mean"] == pytest.approx(-1.0)
+    text = render(tmp_path / "n", by="knowledge.normalize", paired="all@none")
+    assert "### Ablation by knowledge.normalize" in text and "| All | gradient-norm |" in text
+    assert "| All @ running-loss | +2.00 [+2.00, +2.00] (+2.00, +2.00, +2.00) |" in text
+    with pytest.raises(ValueError, match=r"--paired all: no finished trial of that METHOD@SETTING \(--by "
+                                         r"knowledge.normalize\) here; there are: all@gradient-norm, all@none, "):
+        paired_by_seed(trials, "all", by="knowledge.normalize")
+    cli = subprocess.run([sys.executable, "-m", "kdray", "report", str(tmp_path / "n"), "--by", "colour"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert cli.returncode != 0 and "--by 'colour': allowed: method, pool, phase_steps, reward, action, or a " \
+                                   "searched parameter of these trials (knowledge.normalize)" in cli.stderr

@@ -173,7 +173,7 @@ def test_plots(sweep: Path, tmp_path: Path) -> None:
 
 def test_settings_are_ordered_by_value() -> None:
     """Ablation rows follow the numbers (phase steps 10, 50, 200), not their text (10, 200, 50)."""
-    from kdray.report import _natural_key
+    from kdray.report_settings import natural_key as _natural_key
 
     assert sorted(["200", "50", "10"], key=_natural_key) == ["10", "50", "200"]
     assert sorted(["train_holdout, β=0.5, cost=0", "train_holdout, β=0.01, cost=0", "dev, β=0, cost=0"],
