@@ -69,6 +69,9 @@ def paired_by_seed(trials: pd.DataFrame, reference: str, by: str = "method") -> 
     done = scored_trials(trials)
     done["_row"] = row_names(done, by) if not done.empty else pd.Series(dtype=str)
     rows_seen = sorted(set(done["_row"]), key=row_order_key)
+    at_any = [r for r in rows_seen if r.partition("@")[0] == reference]
+    if reference not in rows_seen and len(at_any) == 1:  # a method with one setting needs no @SETTING
+        reference = at_any[0]
     if reference not in rows_seen:
         what = "METHOD" if by == "method" else f"METHOD@SETTING (--by {by})"
         raise ValueError(f"--paired {reference}: no finished trial of that {what} here; "

@@ -8,6 +8,8 @@ without a schema change.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -51,9 +53,18 @@ def searched_columns(trials: pd.DataFrame) -> list[str]:
 
 
 def _param_label(column: str) -> Callable[[pd.Series], str]:
+    """A searched value as a setting label; a dict-valued key (``selector.weights``, stored as JSON) as
+    ``key=value, ...`` in key order, and "n/a" where the trial did not set the key."""
     def label(row: pd.Series) -> str:
         value = row[column]
-        return "n/a" if value is None or (isinstance(value, float) and pd.isna(value)) else _fmt_num(value)
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            return "n/a"
+        if isinstance(value, str) and value.startswith("{"):
+            with contextlib.suppress(ValueError):
+                value = json.loads(value)
+        if isinstance(value, dict):
+            return ", ".join(f"{k}={_fmt_num(v)}" for k, v in sorted(value.items()) if v is not None)
+        return _fmt_num(value)
     return label
 
 

@@ -97,5 +97,18 @@ def test_by_a_searched_key_tables_and_pairs_its_settings(tmp_path: Path) -> None
         paired_by_seed(trials, "all", by="knowledge.normalize")
     cli = subprocess.run([sys.executable, "-m", "kdray", "report", str(tmp_path / "n"), "--by", "colour"],
                          capture_output=True, text=True, timeout=120, check=False)
+    # a dict-valued key (fixed weights, stored as JSON) reads as key=value; `all` has one setting there (n/a)
+    rows = [trial_row("w", f"w-mrpc-s{seed}-{method}", {"task": "mrpc", "method": method, "seed": seed,
+                                                         "dev_score": 0.70 + 0.01 * seed + d, "metric_name": "f1/accuracy",
+                                                         "dev_metrics": {"f1": 0.7, "accuracy": 0.7}},
+                      searched=weights)
+            for seed in (1, 2, 3) for method, d, weights in (("all", 0.0, {}),
+                                                             ("fixed", -0.03, {"selector.weights": {"response": 1,
+                                                                                                    "finetune": 0}}))]
+    append_trials(tmp_path / "w", rows)
+    trials, _ = load(tmp_path / "w")
+    by_weights = paired_by_seed(trials, "all", by="selector.weights").set_index("method")
+    assert by_weights.loc["fixed@finetune=0, response=1", "per_seed"] == pytest.approx([-3.0, -3.0, -3.0])
+    assert "| Fixed @ finetune=0, response=1 | -3.00" in render(tmp_path / "w", by="selector.weights", paired="all")
     assert cli.returncode != 0 and "--by 'colour': allowed: method, pool, phase_steps, reward, action, or a " \
                                    "searched parameter of these trials (knowledge.normalize)" in cli.stderr
