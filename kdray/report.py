@@ -23,6 +23,7 @@ from kdray.report_labels import (
     task_header,
     task_order_key,
 )
+from kdray.prediction import prediction_table, render_prediction
 from kdray.report_settings import grouper, natural_key
 from kdray.results import load, scored_trials
 
@@ -291,6 +292,9 @@ def render(results_dir: str | Path, fmt: str = "md", by: str = "method", plots_d
     selection = selection_table(trials, traces) if by == "method" and fmt != "csv" else pd.DataFrame()
     if not selection.empty:
         text += "\n" + _render_selection(selection, fmt)
+    prediction = prediction_table(trials, traces) if by == "method" and fmt != "csv" else pd.DataFrame()
+    if not prediction.empty:
+        text += "\n" + render_prediction(prediction, fmt)
     if (paired is not None or against is not None) and fmt != "csv":
         from kdray.paired import paired_report
 

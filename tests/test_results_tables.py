@@ -23,7 +23,7 @@ def test_readme_table_equals_report(study: Path) -> None:
     blocks = re.findall(r"<!-- kdray report (\S+)(.*?) -->\n(.*?)\n<!-- end of report -->", text, re.S)
     assert blocks, f"{study}/README.md has no report block"
     for target, args, table in blocks:
-        by = re.search(r"--by (\w+)", args)
+        by = re.search(r"--by (\S+)", args)
         paired = re.search(r"--paired (\S+)", args)
         against = re.search(r"--against (\S+)", args)
         named = (RESULTS.parent / target).resolve()
