@@ -31,3 +31,6 @@ def test_relation_cost_times_both_paths_and_reports_the_auto_choice() -> None:
     assert wide.gram_chosen and not narrow.gram_chosen
     for r in (wide, narrow):
         assert r.direct.median > 0 and r.gram.median > 0 and math.isfinite(r.speedup.median)
+        # the teacher-only term: one [B, T, H] x [B, H, T] product per chain layer, 2*B*T*T*H FLOPs each
+        assert r.teacher_term_flops == r.chain_layers * 2 * r.batch * r.seq_len**2 * r.width
+        assert r.gram_flops > 2 * r.teacher_term_flops

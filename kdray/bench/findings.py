@@ -28,11 +28,11 @@ FINDINGS = """
   (`relation.gram_is_cheaper`: 5*L*T^2*H < 4*(L-1)*T*H^2, so about 2x fewer at MiniLM's 384 width and 128
   tokens, 4x at BERT-base's 768); `python -m kdray.perf.relation_cost` times both paths at a shape. What
   remains bounds the ratio: at MiniLM's shape (32 x 128, width 384, a 4-layer chain) the gram path's forward
-  and backward count 8.05 GFLOP (FlopCounterMode), 5.8% of the plain step's 137.7, so a cached step with
-  relation cannot come under about 1.06x at the step's own FLOP rate, and 1.05x is out of reach without
-  changing relation's definition. Of those 8.05, 1.61 GFLOP are the teacher-only term (constant per example,
-  computed for the loss value the traces report); caching it would save 1.2% of a step. Without relation the
-  cached step is 1.02x (`cached4_no_relation`).
+  and backward count 8.05 GFLOP (FlopCounterMode, `python -m kdray.perf.relation_cost`), 5.8% of the plain
+  step's 137.7, so a cached step with relation cannot come under about 1.06x at the step's own FLOP rate,
+  and 1.05x is out of reach without changing relation's definition. Of those 8.05, 1.61 GFLOP are the
+  teacher-only term (constant per example, computed for the loss value the traces report); caching it would
+  save 1.2% of a step. Without relation the cached step is 1.02x (`cached4_no_relation`).
 - **step/unselected_kinds_overhead** (target 1.00x, replaced `ft_resp_vs_all_live <= 0.8` at stop 21): the
   old target asked that a step with finetune + response selected from the 6-kind pool cost at most 0.8 of a
   step with all 6 selected. Once `relation` became cheap, `all_live` itself fell (MiniLM 32x32: 1.71 -> 1.33
