@@ -5,7 +5,8 @@ methods within a seed cancels what the seed contributes; across seeds, the mean 
 95% t-interval say whether one method beat another beyond seed noise (issues 15 and 16 ask for exactly this).
 
 - ``--paired REF[,REF...]``: every method minus ``REF`` (a ``method`` value of trials.parquet, e.g. ``all``), per
-  task, paired by seed; one table per reference.
+  task, paired by seed; one table per reference. With ``--by`` a row is ``METHOD@SETTING`` and so is ``REF``;
+  ``DIR:METHOD`` takes the reference from another sweep folder (an ablation against the study it varies).
 - ``--against DIR``: every trial minus the trial with the same key in another sweep folder (e.g. the same grid
   in another precision), per method and task.
 
@@ -64,23 +65,45 @@ def row_label(row: str) -> str:
     return method_label(method) + (f" @ {setting}" if at else "")
 
 
-def paired_by_seed(trials: pd.DataFrame, reference: str, by: str = "method") -> pd.DataFrame:
-    """Every row (method, or method@setting with ``by``) minus ``reference`` per task, paired by seed (dev x 100)."""
-    done = scored_trials(trials)
-    done["_row"] = row_names(done, by) if not done.empty else pd.Series(dtype=str)
-    rows_seen = sorted(set(done["_row"]), key=row_order_key)
+def _resolve(reference: str, rows_seen: list[str], by: str, where: str) -> str:
+    """``reference`` as one of ``rows_seen``; a method with a single setting needs no ``@SETTING``."""
     at_any = [r for r in rows_seen if r.partition("@")[0] == reference]
-    if reference not in rows_seen and len(at_any) == 1:  # a method with one setting needs no @SETTING
-        reference = at_any[0]
+    if reference not in rows_seen and len(at_any) == 1:
+        return at_any[0]
     if reference not in rows_seen:
         what = "METHOD" if by == "method" else f"METHOD@SETTING (--by {by})"
-        raise ValueError(f"--paired {reference}: no finished trial of that {what} here; "
+        raise ValueError(f"--paired {reference}: no finished trial of that {what} {where}; "
                          f"there are: {', '.join(rows_seen) or 'none'}")
+    return reference
+
+
+def _named_rows(trials: pd.DataFrame, by: str) -> pd.DataFrame:
+    done = scored_trials(trials)
+    done["_row"] = row_names(done, by) if not done.empty else pd.Series(dtype=str)
+    return done
+
+
+def paired_by_seed(trials: pd.DataFrame, reference: str, by: str = "method",
+                   reference_trials: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every row (method, or method@setting with ``by``) minus ``reference`` per task, paired by seed (dev x 100).
+
+    With ``reference_trials`` (another sweep folder's trials, e.g. the study an ablation varies), ``reference`` is a
+    method there and every row of ``trials`` is compared with it.
+    """
+    done = _named_rows(trials, by)
+    rows_seen = sorted(set(done["_row"]), key=row_order_key)
+    if reference_trials is None:
+        reference = _resolve(reference, rows_seen, by, "here")
+        ref_rows = done
+    else:
+        ref_rows = _named_rows(reference_trials, "method")
+        reference = _resolve(reference, sorted(set(ref_rows["_row"]), key=row_order_key), "method", "there")
     rows = []
     for task, group in done.groupby("task"):
-        ref = group[group["_row"] == reference].groupby("seed")["dev_score"].mean()
+        theirs = ref_rows[ref_rows["task"] == task]
+        ref = theirs[theirs["_row"] == reference].groupby("seed")["dev_score"].mean()
         for name in rows_seen:
-            if name == reference:
+            if name == reference and reference_trials is None:
                 continue
             own = group[group["_row"] == name].groupby("seed")["dev_score"].mean()
             seeds = sorted(set(own.index) & set(ref.index))
@@ -138,12 +161,21 @@ def render_paired(table: pd.DataFrame, title: str, fmt: str = "md") -> str:
 
 def paired_report(trials: pd.DataFrame, reference: str | None, against: str | Path | None,
                   fmt: str = "md", by: str = "method") -> str:
-    """The paired tables ``kdray report`` appends to its report of ``trials`` (empty when neither option is given);
-    with ``by`` naming a setting, ``reference`` rows are ``METHOD@SETTING``."""
+    """The paired tables ``kdray report`` appends to its report of ``trials`` (empty when neither option is given).
+
+    ``reference``: comma-separated ``METHOD`` (``METHOD@SETTING`` with ``by`` naming a setting), or ``DIR:METHOD``
+    for a method of another sweep folder, paired by task and seed.
+    """
     text = ""
     for ref in [] if reference is None else [r.strip() for r in reference.split(",") if r.strip()]:
-        title = f"Paired differences against {row_label(ref)} (by seed)"
-        text += "\n" + render_paired(paired_by_seed(trials, ref, by), title, fmt)
+        folder, colon, method = ref.rpartition(":")
+        if colon:  # DIR:METHOD, the reference from another sweep folder
+            title = f"Paired differences against {row_label(method)} of {Path(folder).name} (by seed)"
+            table = paired_by_seed(trials, method, by, reference_trials=load(folder)[0])
+        else:
+            title = f"Paired differences against {row_label(ref)} (by seed)"
+            table = paired_by_seed(trials, ref, by)
+        text += "\n" + render_paired(table, title, fmt)
     if against is not None:
         other, _ = load(against)
         title = f"Paired differences against {Path(against).name} (same trial keys)"

@@ -112,3 +112,19 @@ def test_by_a_searched_key_tables_and_pairs_its_settings(tmp_path: Path) -> None
     assert "| Fixed @ finetune=0, response=1 | -3.00" in render(tmp_path / "w", by="selector.weights", paired="all")
     assert cli.returncode != 0 and "--by 'colour': allowed: method, pool, phase_steps, reward, action, or a " \
                                    "searched parameter of these trials (knowledge.normalize)" in cli.stderr
+
+
+def test_reference_from_another_sweep_folder(tmp_path: Path) -> None:
+    """An ablation folder's rows against a method of the study folder it varies, paired by task and seed."""
+    study = _sweep(tmp_path / "study", "study")
+    _normalize_sweep(tmp_path / "n")
+    trials, _ = load(tmp_path / "n")
+    table = paired_by_seed(trials, "bandit_soft", by="knowledge.normalize",
+                           reference_trials=load(study)[0]).set_index("method")
+    # n: 0.70 + 0.01 * seed (+ shift); study bandit_soft: 0.71, 0.76, 0.72 for seeds 1-3
+    assert table.loc["all@none", "per_seed"] == pytest.approx([0.0, -4.0, 1.0])
+    assert table.loc["all@running-loss", "per_seed"] == pytest.approx([2.0, -2.0, 3.0])
+    text = render(tmp_path / "n", by="knowledge.normalize", paired=f"{study}:bandit_soft")
+    assert "### Paired differences against KS-Bandit-Soft of study (by seed)" in text
+    with pytest.raises(ValueError, match=r"--paired pkd: no finished trial of that METHOD there; there are: finetune"):
+        paired_by_seed(trials, "pkd", by="knowledge.normalize", reference_trials=load(study)[0])
