@@ -11,7 +11,12 @@ training forwards' train mode (the holdout loss is an evaluation, in eval mode, 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
 import torch
+from torch import nn
 
 from kdray.run_setup import RunSetup
 from kdray.selection.bandit import (
@@ -22,21 +27,27 @@ from kdray.selection.bandit import (
     grad_norm_key,
 )
 from kdray.state import TrainingState
-from kdray.step import kind_gradients
+from kdray.step import TeacherFn, kind_gradients
 
 
 def bandit_features(setup: RunSetup, state: TrainingState, groups: list[str], batch: dict[str, torch.Tensor],
                     rows: list[int]) -> dict[str, float]:
     """``BanditState.features`` at a decision on ``batch`` (the phase's first), for the feature ``groups``."""
-    features = {
-        LR: float(state.scheduler.get_last_lr()[0]) / setup.config.train.lr,
-        HOLDOUT_CE: float(state.phase.reward),
-        HOLDOUT_DELTA: float(state.phase.reward_delta),
-    }
+    return measured_features(
+        groups, list(state.selector.pool), float(state.scheduler.get_last_lr()[0]) / setup.config.train.lr,
+        float(state.phase.reward), float(state.phase.reward_delta), setup.models.student, state.knowledge, batch,
+        rows, setup.teacher_fn, setup.autocast)
+
+
+def measured_features(groups: list[str], pool: list[str], lr_share: float, holdout: float, holdout_delta: float,
+                      student: nn.Module, knowledge: nn.ModuleDict, batch: dict[str, torch.Tensor], rows: list[int],
+                      teacher_fn: TeacherFn, autocast: Callable[[], contextlib.AbstractContextManager[Any]]
+                      ) -> dict[str, float]:
+    """The features from their measurements (the loop's, or ``kdray bench``'s on its own models and batches)."""
+    features = {LR: lr_share, HOLDOUT_CE: holdout, HOLDOUT_DELTA: holdout_delta}
     if "grad_norms" in groups or "cosines" in groups:
-        pool = list(state.selector.pool)
-        norms, cosines = kind_gradients(setup.models.student, state.knowledge, pool, batch, rows, setup.teacher_fn,
-                                        setup.autocast, cosines="cosines" in groups)
+        norms, cosines = kind_gradients(student, knowledge, pool, batch, rows, teacher_fn, autocast,
+                                        cosines="cosines" in groups)
         features.update({grad_norm_key(k): v for k, v in norms.items()})
         features.update({cosine_key(a, b): v for (a, b), v in cosines.items()})
     return features

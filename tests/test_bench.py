@@ -25,7 +25,7 @@ EXPECTED_STEP_ROWS = {"plain", "plain_eager", "all_live", "cached5", "all_cached
                       "cached4_no_relation", "ft_resp_vs_all_live", "unselected_kinds_overhead"}
 EXPECTED_SELECTOR_ROWS = {"phase_state", "phase_reward_set", "phase_decide", "phase_observe", "phase_total",
                           "overhead_ps1", "overhead_ps10", "overhead_ps50", "overhead_ps50_networks_only",
-                          "overhead_ps50_eval256"}
+                          "overhead_ps50_eval256", "bandit_default_ps50", "bandit_full_ps50"}
 
 # (section, name) of each checked row -> the target key in kdray.bench.TARGETS
 CHECKS = {
@@ -200,3 +200,23 @@ def test_precision_rows_time_bf16_against_fp32_on_cpu(tmp_path: Path) -> None:
     rows = precision_rows(s, Stepper(s, cache), 1.0, lambda _: None)
     assert [r.name for r in rows] == ["plain_bf16", "vanilla_kd_live_bf16"]
     assert all(r.unit == "x fp32" and r.value > 0 and math.isfinite(r.ratio_q25) for r in rows)
+
+
+def test_bandit_rows_time_its_stage2_features_and_decision(tmp_path: Path) -> None:
+    """The bandit's own stage-2 work per phase, default features and the full set with the gradient probe."""
+    import torch
+
+    from kdray.bench.model import Stepper
+    from kdray.bench.rows import Sizes
+    from kdray.bench.selector import bandit_decide_cost, bandit_rows
+    from kdray.bench.setup import BenchSetup
+
+    s = BenchSetup(Sizes("tiny-bert[2/4]", "tiny-bert", 2, 4, 16, 0, 2, 2, 8), tmp_path, torch.device("cpu"))
+    cache, *_ = s.build_cache()
+    live = Stepper(s, cache).sources[id(s.sdpa)][0]
+    rows = {r.name: r for r in bandit_rows(s, live, plain=0.1, reward_set=0.05)}
+    assert set(rows) == {"bandit_default_ps50", "bandit_full_ps50"}
+    for r in rows.values():
+        assert r.seconds > 0 and r.value == pytest.approx((r.seconds + 0.05) / 50 / 0.1)
+    # the full set runs a forward and one backward per kind: never cheaper than two features and an argmax
+    assert bandit_decide_cost(s, live, ["progress", "lr", "grad_norms"]) > bandit_decide_cost(s, live, ["progress"])

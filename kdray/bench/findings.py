@@ -49,6 +49,11 @@ FINDINGS = """
   actors and the worker, each a fresh Python process importing torch and ray; on 2 cores that was 17 s of a
   trial's overhead. One-worker trials now run the loop in the Tune trial itself (`resources.trainer: auto`);
   `per_trial_overhead_ray_train` keeps measuring the TorchTrainer path that DDP trials take.
+- **selector/bandit_*_ps50** (issue 18 item 5, the learning mode of issue 15): the KS-Bandit's stage 2 decides
+  on measured features; with its default features (progress, lr) that is two scalars and an argmax over its
+  candidate weightings, so its overhead is the reward set's (which every selector traces by default); the full
+  feature set adds a gradient probe (one forward, one backward per kind) at every decision, about 1.5 plain
+  steps per phase.
 - **ray/per_trial_steady** (target 0.5 s, issue #18): `per_trial_overhead` divides a short sweep's whole wall
   clock by its trials, so it is mostly a fixed cost; Ray's own scalability figure (about 0.14 s per trial) is
   the slope once trials run. The slope here (trials after the first wave) was 0.04-0.06 s per trial on the

@@ -1,4 +1,5 @@
-"""The actor-critic selector's work per phase, as ``distill.train`` runs it at phase boundaries.
+"""The selectors' work per phase, as ``distill.train`` runs it at phase boundaries: the actor-critic's, and the
+KS-Bandit's stage-2 features and decision.
 
 Default pool, so SDPA models; a live teacher for the state's teacher [CLS]. Parts: state building
 (the phase's last step returning both [CLS] states minus the same step without), reward-set scoring,
@@ -17,7 +18,9 @@ from kdray.bench.setup import BenchSetup
 from kdray.config import EVAL_BATCH_SIZE, KnowledgeConfig, SelectorConfig
 from kdray.loop_data import RewardSet
 from kdray.perf.timing import clock
+from kdray.selection.bandit import BanditState
 from kdray.selection.base import PhaseOutcome, PhaseState, build_selector
+from kdray.state_features import measured_features
 from kdray.step import distill_step, phase_state
 
 PARTS = ("state", "reward_set", "decide", "observe")
@@ -77,6 +80,48 @@ def phase_costs(s: BenchSetup, live: Any, eval_examples: int) -> dict[str, float
     return out
 
 
+# the bandit's state feature groups: its default, and every group issue 15 lists (gradient probe included)
+BANDIT_FEATURES = {"default": ["progress", "lr"],
+                   "full": ["progress", "lr", "losses", "grad_norms", "cosines", "holdout", "prev_action"]}
+
+
+def bandit_decide_cost(s: BenchSetup, live: Any, groups: list[str]) -> float:
+    """Median seconds of the frozen (stage-2) bandit's own work per phase: measuring its features (the gradient
+    probe when asked for) and deciding; the reward set it also reads is ``phase_reward_set``'s cost."""
+    m = s.sdpa
+    pool = KnowledgeConfig().pool
+    selector = build_selector(SelectorConfig.model_validate({"name": "bandit", "bandit": {"features": groups}}),
+                              pool, 0)
+    selector.training = False  # stage 2, stage2: frozen (the default)
+    losses = {k: 1.0 for k in pool}
+    times = []
+    for phase in range(1 + s.sizes.phases):
+        batch, rows = s.next_batch()
+        base = phase_state(m.student, live, True, batch, rows, m.n_student, m.n_teacher, phase, 1000, losses,
+                           autocast=s.autocast)
+        t0 = clock()
+        features = measured_features(groups, list(pool), 1.0, 0.6, -0.01, m.student, m.knowledge, batch, rows, live,
+                                     s.autocast)
+        selector.decide(BanditState(**vars(base), features=features))
+        if phase:  # the first is warm-up
+            times.append(clock() - t0)
+    return _median(times)
+
+
+def bandit_rows(s: BenchSetup, live: Any, plain: float, reward_set: float) -> list[Row]:
+    """The bandit's stage-2 overhead at phase_steps 50, with its default and its full feature set."""
+    sz = s.sizes
+    out = []
+    for name, groups in BANDIT_FEATURES.items():
+        own = bandit_decide_cost(s, live, groups)
+        share = (own + reward_set) / 50 / plain
+        out.append(Row("selector", f"bandit_{name}_ps50", sz.model, sz.batch, sz.seq_len, own, share, "x plain step",
+                       share, repeats=sz.phases,
+                       note=f"KS-Bandit, stage 2, features {'+'.join(groups)}: features and decision "
+                            f"{own * 1000:.0f} ms/phase plus the reward set, amortised over phase_steps 50"))
+    return out
+
+
 def selector_rows(s: BenchSetup, live: Any, plain: float, log: Callable[[str], None]) -> list[Row]:
     """Per-phase parts, overhead at phase_steps 1/10/50 (50 is checked), networks only, a 256-row reward set."""
     sz = s.sizes
@@ -104,5 +149,7 @@ def selector_rows(s: BenchSetup, live: Any, plain: float, log: Callable[[str], N
     large = phase_costs(s, live, 256)["total"] / 50
     out.append(Row("selector", "overhead_ps50_eval256", m_name, b, t, large, large / plain, "x plain step", large / plain,
                    repeats=n, note="a larger reward set, for comparison: reward.eval_examples=256 (the default before stop 12)"))
-    log("  selector per phase (ms): " + ", ".join(f"{k}={v * 1000:.1f}" for k, v in default.items()))
+    out += bandit_rows(s, live, plain, default["reward_set"])
+    log("  selector per phase (ms): " + ", ".join(f"{k}={v * 1000:.1f}" for k, v in default.items())
+        + "; bandit at ps50: " + ", ".join(f"{r.name}={r.value:.4f}" for r in out[-2:]))
     return out
