@@ -114,13 +114,12 @@ def paired_by_seed(trials: pd.DataFrame, reference: str, by: str = "method",
 
 def paired_by_key(trials: pd.DataFrame, other: pd.DataFrame, by: str = "method") -> pd.DataFrame:
     """Every trial minus the trial of ``other`` with the same key (``trial_id`` without its sweep name), per row."""
-    def keyed(frame: pd.DataFrame) -> pd.DataFrame:
-        done = scored_trials(frame)
+    def keyed(frame: pd.DataFrame, rows_by: str) -> pd.DataFrame:
+        done = _named_rows(frame, rows_by)
         done["_key"] = [tid.removeprefix(f"{sweep}-") for tid, sweep in zip(done["trial_id"], done["sweep"])]
         return done
-    mine = keyed(trials)
-    mine["_row"] = row_names(mine, by) if not mine.empty else pd.Series(dtype=str)
-    both = mine.merge(keyed(other)[["_key", "dev_score"]], on="_key", suffixes=("", "_other"))
+    # rows are named in this folder only: the other need not have searched the --by key
+    both = keyed(trials, by).merge(keyed(other, "method")[["_key", "dev_score"]], on="_key", suffixes=("", "_other"))
     rows = [_row(str(task), str(name), list(100 * (g["dev_score"] - g["dev_score_other"])))
             for (task, name), g in both.sort_values("seed").groupby(["task", "_row"])]
     return _sorted(pd.DataFrame(rows, columns=COLUMNS))
