@@ -202,21 +202,24 @@ def test_precision_rows_time_bf16_against_fp32_on_cpu(tmp_path: Path) -> None:
     assert all(r.unit == "x fp32" and r.value > 0 and math.isfinite(r.ratio_q25) for r in rows)
 
 
-def test_bandit_rows_time_its_stage2_features_and_decision(tmp_path: Path) -> None:
-    """The bandit's own stage-2 work per phase, default features and the full set with the gradient probe."""
+def test_paper_scale_setting_runs_every_model_row(tmp_path: Path) -> None:
+    """``kdray bench --scale paper``'s model setting (random BERT-base-sized teacher, 6-layer student) at a tiny
+    batch: every row of a model setting comes out, the KS-Bandit's stage-2 rows among them."""
+    import dataclasses
+
     import torch
 
-    from kdray.bench.model import Stepper
-    from kdray.bench.rows import Sizes
-    from kdray.bench.selector import bandit_decide_cost, bandit_rows
-    from kdray.bench.setup import BenchSetup
+    from kdray.bench.model import bench_model
+    from kdray.bench.rows import PAPER
 
-    s = BenchSetup(Sizes("tiny-bert[2/4]", "tiny-bert", 2, 4, 16, 0, 2, 2, 8), tmp_path, torch.device("cpu"))
-    cache, *_ = s.build_cache()
-    live = Stepper(s, cache).sources[id(s.sdpa)][0]
-    rows = {r.name: r for r in bandit_rows(s, live, plain=0.1, reward_set=0.05)}
-    assert set(rows) == {"bandit_default_ps50", "bandit_full_ps50"}
-    for r in rows.values():
-        assert r.seconds > 0 and r.value == pytest.approx((r.seconds + 0.05) / 50 / 0.1)
-    # the full set runs a forward and one backward per kind: never cheaper than two features and an argmax
-    assert bandit_decide_cost(s, live, ["progress", "lr", "grad_norms"]) > bandit_decide_cost(s, live, ["progress"])
+    sizes = dataclasses.replace(PAPER[0], batch=2, seq_len=8, warmup=0, repeats=1, phases=1, cache_rows=8,
+                                compile=False)
+    rows = {r.name: r for r in bench_model(sizes, tmp_path, lambda _: None, torch.device("cpu"), None)}
+    assert EXPECTED_SELECTOR_ROWS <= set(rows) and {"plain", "cached5", "all_live"} <= set(rows)
+    assert all(r.model == "bert-base[6/12]" for r in rows.values())
+    plain, reward_set = rows["plain"].seconds, rows["phase_reward_set"].seconds
+    for name in ("bandit_default_ps50", "bandit_full_ps50"):  # its own work plus the reward set, over 50 steps
+        own = rows[name].seconds
+        assert own > 0 and rows[name].value == pytest.approx((own + reward_set) / 50 / plain)
+    # the full feature set runs a forward and one backward per kind: never cheaper than two scalars and an argmax
+    assert rows["bandit_full_ps50"].seconds > rows["bandit_default_ps50"].seconds
