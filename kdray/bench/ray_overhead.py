@@ -109,9 +109,9 @@ class SweepTiming:
 
     def fixed_parts(self) -> str:
         """Where a sweep's fixed cost goes: before the first trial starts, the first wave, after the last end."""
-        if not self.starts:
-            return ""
         ends = sorted(self.ends)
+        if not self.starts or len(ends) < self.conc:
+            return ""
         return (f"; Tune set-up to first trial start {min(self.starts) - self.fit_start:.1f} s, first wave "
                 f"{ends[self.conc - 1] - min(self.starts):.1f} s, last trial end to fit() return "
                 f"{self.fit_end - ends[-1]:.1f} s")
