@@ -5,7 +5,7 @@ response's, 11x feature's, ~150x relation's), so a weight in [0, 1] says little 
 contributes. The loop multiplies each kind's loss by a scale from :class:`LossNormalizer`:
 ``loss = sum_k weight_k * scale_k * loss_k``. Modes:
 
-- ``none``: scale 1 (the behaviour before this option; still the default until measured);
+- ``none``: scale 1 (the behaviour before this option; the default, kept by measurement: results/normalize_study);
 - ``initial-loss``: 1 / the kind's loss the first time it was computed (so its first scaled loss is 1);
 - ``running-loss``: 1 / an exponential moving average of the kind's loss (momentum
   ``knowledge.normalize_momentum``), the current value included (so the first scaled loss is 1 too);
