@@ -186,8 +186,8 @@ def _render_table(trials: pd.DataFrame, fmt: str, by: str) -> str:
         line.append(("–" if math.isnan(ret) or key[0] == TEACHER else f"{ret:.1f}", "", key in best_ret))
         body.append(line)
     notes = _footnotes(trials, cells, fmt)
-    group = grouper(by, trials)
-    title = "Main results" if group is None else f"Ablation by {group[0] if '.' in group[0] else group[0].lower()}"
+    setting = label_cols[1] if len(label_cols) > 1 else None  # the grouping _table_stats resolved
+    title = "Main results" if setting is None else f"Ablation by {setting if '.' in setting else setting.lower()}"
     if fmt == "md":
         def md(c: tuple[str, str, bool]) -> str:
             return (f"**{c[0]}**" if c[2] else c[0]) + c[1]
