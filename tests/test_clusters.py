@@ -72,7 +72,13 @@ def test_readme_submit_block_is_well_formed() -> None:
     env_json = re.search(r"--runtime-env-json '([^']*)'", block)
     assert env_json, block
     runtime_env = json.loads(env_json.group(1))
-    assert runtime_env["pip"] == ["-e ${RAY_RUNTIME_ENV_CREATE_WORKING_DIR}"]
+    assert "pip" not in runtime_env  # the nodes have kdray: no per-node clone of the Python environment
+    # the variant for an image without kdray, as the README spells it: the same env vars plus the pip entry
+    variant = re.search(r"```json\n\s*(\{.*?\})\s*```", (CLUSTERS / "README.md").read_text(), re.S)
+    assert variant, "clusters/README.md lost the pip runtime env variant"
+    pip_env = json.loads(variant.group(1))
+    assert pip_env["pip"] == ["-e ${RAY_RUNTIME_ENV_CREATE_WORKING_DIR}"]
+    assert pip_env["env_vars"] == runtime_env["env_vars"]
     command = block.split(" -- ", 1)[1].split()
     args = build_parser().parse_args(command[1:])
     assert args.address == "auto" and (REPO / args.space).is_file()
