@@ -1,8 +1,12 @@
-"""Shared test set-up: offline hub, one torch thread, the real GLUE folder when it is beside the repo."""
+"""Shared test set-up: offline hub, one torch thread, the real GLUE folder when it is beside the repo, and the
+lock that runs `exclusive` tests alone when pytest-xdist runs the suite on two workers (README, Tests)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,41 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_GLUE = REPO.parent / "shared" / "glue"
+
+
+def _lock_path(name: str) -> Path:
+    """One lock file per pytest run, shared by its xdist workers: they are the controller's child processes."""
+    run = os.getppid() if "PYTEST_XDIST_WORKER" in os.environ else os.getpid()
+    return Path(tempfile.gettempdir()) / f"kdray-pytest-{run}.{name}.lock"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Tests marked ``exclusive`` (timing ratios) run with no other test beside them; the rest share.
+
+    A readers-writer lock over setup, call and teardown (so a module fixture such as the quick bench's run is
+    inside it), with a turnstile: an exclusive test waiting for the lock holds the turnstile, so the other
+    worker cannot keep taking the shared lock between its tests and starve it. Without xdist it is uncontended.
+    """
+    exclusive = item.get_closest_marker("exclusive") is not None
+    with open(_lock_path("turnstile"), "a") as turnstile, open(_lock_path("run"), "a") as run:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        if not exclusive:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        fcntl.flock(run, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if exclusive:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(run, fcntl.LOCK_UN)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller (not an xdist worker) removes the run's lock files."""
+    if not hasattr(config, "workerinput"):
+        for name in ("turnstile", "run"):
+            _lock_path(name).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

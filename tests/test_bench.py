@@ -66,6 +66,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, float, obj
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive
 def test_quick_bench_writes_expected_rows(quick_run: tuple[int, float, object, str]) -> None:
     rc, seconds, df, md = quick_run
     names = set(zip(df["section"], df["name"]))
@@ -89,6 +90,7 @@ def test_quick_bench_writes_expected_rows(quick_run: tuple[int, float, object, s
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive
 @pytest.mark.parametrize(
     "row_key",
     [pytest.param(k, marks=pytest.mark.xfail(reason=KNOWN_MISSES[v], strict=False)) if v in KNOWN_MISSES else k
