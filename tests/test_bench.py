@@ -104,10 +104,14 @@ def test_quick_bench_target(quick_run: tuple[int, float, object, str], row_key: 
     target, margin, how = TARGETS[CHECKS[row_key]]
     limit = target * (1 + margin) if how == "rel" else target + margin
     assert row["limit"] == pytest.approx(limit)
-    if oversubscribed() and row["value"] > limit:
-        pytest.skip(f"{section}/{name} = {row['value']:.3f} beyond {limit:.3f}, measured at load "
-                    f"{RUN_LOAD['end']:.1f} on {os.cpu_count()} CPUs: rerun on a quiet machine")
-    assert row["value"] <= limit, f"{section}/{name} = {row['value']:.3f} {row['unit']}, limit {limit:.3f} (target {target})"
+    assert row["status"] in ("pass", "miss", "FAIL")
+    # judged as the bench judges it (kdray.bench.rows.check): on the checked ratio, which for a timing row such as
+    # cached5 is not its `value` column (ms/step), against the fixed margin or the measured per-round spread
+    shown = (f"{section}/{name}: {row['status']} (value {row['value']:.3f} {row['unit']}, ratio {row['ratio']:.3f}, "
+             f"limit {limit:.3f}, noise limit {row['noise_limit']:.3f}, target {target})")
+    if oversubscribed() and row["status"] == "FAIL":
+        pytest.skip(f"{shown}, measured at load {RUN_LOAD['end']:.1f} on {os.cpu_count()} CPUs: rerun on a quiet machine")
+    assert row["status"] != "FAIL", shown
 
 
 def test_steady_state_is_the_slope_after_the_first_wave() -> None:

@@ -62,7 +62,7 @@ def test_committed_methods_keep_their_labels() -> None:
     assert {m: registry.method_label(m) for m in sorted(seen)} == {
         "actor_critic_hard": "AC-Hard", "actor_critic_soft": "AC-Soft", "all": "All", "finetune": "Finetune",
         "pkd": "PKD", "random_hard": "Random-Hard", "random_soft": "Random-Soft", "vanilla_kd": "Vanilla KD",
-        "bandit_soft": "KS-Bandit-Soft", "schedule": "Schedule", "dynamic_kd": "Dynamic-KD"}
+        "bandit_soft": "KS-Bandit-Soft", "schedule": "Schedule", "dynamic_kd": "Dynamic-KD", "fixed": "Fixed"}
     assert METHOD_ORDER == ("teacher", "finetune", "vanilla_kd", "pkd", "all", "fixed", "schedule", "dynamic_kd",
                             "random_hard", "random_soft", "actor_critic_hard", "actor_critic_soft", "bandit_hard",
                             "bandit_soft")
