@@ -208,6 +208,7 @@ def _raylet(node: subprocess.Popen) -> int:
     raise AssertionError("no raylet under this node")
 
 
+@pytest.mark.exclusive  # its GCS declares a node dead after 1.5 s without a health check: nothing may run beside it
 def test_lost_node_trial_resumes_from_its_checkpoint(tmp_path: Path, glue_dir: Path) -> None:
     """A 127.0.0.1 head without CPUs and a worker node that holds the trial's CPU; the worker's raylet is killed
     after the trial's first checkpoint, a second worker joins, and the trial finishes there once, resumed from
