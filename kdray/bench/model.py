@@ -85,18 +85,13 @@ def cache_rows(s: BenchSetup) -> tuple[Any, list[Row]]:
     ]
 
 
-def with_ratio_spread(row: Row, num: list[float], den: list[float]) -> Row:
-    """Attach the quartiles of the per-round ratios ``num[i] / den[i]`` (what the margin is sized from)."""
-    paired = paired_ratio(num, den)
+def with_ratio_spread(row: Row, paired: Timing, key: str | None = None) -> Row:
+    """Attach the quartiles of the per-round ratios (``paired_ratio``; what the margin is sized from) and, given a
+    target ``key``, judge the row on their median. The rounds are interleaved, so a round's two cases ran seconds
+    apart under the same load; a ratio of the two medians can pair a quiet round of one with a loaded round of the
+    other (CI failed 1.053 against 1.05 that way with 4 rounds)."""
     row.ratio_q25, row.ratio_q75 = paired.q25, paired.q75
-    return row
-
-
-def paired_median(num: list[float], den: list[float]) -> float:
-    """The median of the per-round ratios: what a checked ratio is judged on. The rounds are interleaved, so a
-    round's two cases ran seconds apart under the same load; a ratio of the two medians can pair a quiet round of
-    one with a loaded round of the other (CI failed 1.053 against 1.05 that way with 4 rounds)."""
-    return paired_ratio(num, den).median
+    return row if key is None else check(row, key, paired.median)
 
 
 def step_rows(s: BenchSetup, stepper: Stepper) -> tuple[list[Row], dict[str, list[float]]]:
@@ -114,22 +109,20 @@ def step_rows(s: BenchSetup, stepper: Stepper) -> tuple[list[Row], dict[str, lis
         row = Row("step", name, name_m, b, t, tm.median, tm.median * 1000, "ms/step", tm.median / plain,
                   repeats=tm.repeats, note=note, spread=tm.spread)
         if name == "cached5":
-            check(with_ratio_spread(row, times["cached5"], times["plain"]), "cached_vs_plain",
-                  paired_median(times["cached5"], times["plain"]))
+            with_ratio_spread(row, paired_ratio(times["cached5"], times["plain"]), "cached_vs_plain")
         rows.append(row)
     ft_s, all_s = (timing[k].median for k in ("ft_resp_live", "all_live"))
     rows.append(with_ratio_spread(
         Row("step", "ft_resp_vs_all_live", name_m, b, t, ft_s, ft_s / all_s, "x", ft_s / plain, repeats=sizes.repeats,
             note="value = ft_resp_live / all_live: what skipping the 4 unselected kinds saves inside one run (same "
                  "models); how much depends on what those kinds cost at this shape"),
-        times["ft_resp_live"], times["all_live"]))
-    unselected = Row("step", "unselected_kinds_overhead", name_m, b, t, ft_s,
-                     paired_median(times["ft_resp_live"], times["vanilla_kd_live"]), "x", ft_s / plain,
-                     repeats=sizes.repeats, note="value = ft_resp_live / vanilla_kd_live, the median of the per-round "
-                     "ratios: finetune + response selected from the 6-kind pool against a pool of just those two: what "
-                     "unselected kinds still cost")
-    rows.append(check(with_ratio_spread(unselected, times["ft_resp_live"], times["vanilla_kd_live"]),
-                      "unselected_kinds_overhead", unselected.value))
+        paired_ratio(times["ft_resp_live"], times["all_live"])))
+    unselected = paired_ratio(times["ft_resp_live"], times["vanilla_kd_live"])
+    rows.append(with_ratio_spread(Row(
+        "step", "unselected_kinds_overhead", name_m, b, t, ft_s, unselected.median, "x", ft_s / plain,
+        repeats=sizes.repeats, note="value = ft_resp_live / vanilla_kd_live, the median of the per-round ratios: "
+        "finetune + response selected from the 6-kind pool against a pool of just those two: what unselected kinds "
+        "still cost"), unselected, "unselected_kinds_overhead"))
     return rows, times
 
 
