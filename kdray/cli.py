@@ -112,6 +112,18 @@ def _cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_learner_replay(args: argparse.Namespace) -> int:
+    from kdray.learner_replay import load_learners, render, summarise
+
+    overrides = dict(_parse_override(o) for o in args.set or [])
+    drop = [k for k in (args.drop_without or "").split(",") if k]
+    table = summarise(load_learners(args.results_dir), overrides, drop)
+    settings = ", ".join([f"{k}={v}" for k, v in overrides.items()] + ([f"without rows lacking {'/'.join(drop)}"]
+                                                                       if drop else [])) or "as run"
+    print(render(table, f"Learner replay ({settings})"), end="")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from kdray.bench import run_bench
 
@@ -256,7 +268,7 @@ def _add_run_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _add_result_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """report, export, best, tasks: the commands that read results or data."""
+    """report, export, best, learner-replay, tasks: the commands that read results or data."""
     p = add("report", help="paper-style tables and plots from a sweep's Parquet files")
     p.add_argument("results_dir")
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md", help="table format")
@@ -285,6 +297,14 @@ def _add_result_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--prefix", default="selector.schedule",
                    help="print the searched keys under this dotted prefix ('' = every searched key)")
     p.set_defaults(func=_cmd_best)
+
+    p = add("learner-replay", help="replay saved bandit learners: does their prediction track the realised reward?")
+    p.add_argument("results_dir", help="a sweep folder (or results/ copy) with trials/<id>/selector.pt")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="replay under another selector.bandit option, e.g. pairwise=true or features=[progress]")
+    p.add_argument("--drop-without", default=None, metavar="KIND[,KIND]",
+                   help="leave out the transitions that gave every one of these kinds weight 0")
+    p.set_defaults(func=_cmd_learner_replay)
 
     p = add("tasks", help="the GLUE tasks, their metrics and local row counts")
     p.add_argument("--data-dir", default=None,

@@ -228,6 +228,19 @@ class BanditSelector(Selector):
         raw = raw_features(state, self.pool, self.groups, self._prev_action)
         return self._predict(raw, self._vector(weights)[None], None if reference is None else self._vector(reference))[0]
 
+    def replay_phase(self, raw: torch.Tensor, actions: torch.Tensor, reference: torch.Tensor | None,
+                     targets: torch.Tensor) -> list[float]:
+        """Predict one recorded phase's rows, then learn from them: the prequential step of a live run.
+
+        ``raw`` is the phase's raw state (:func:`raw_features` order), ``actions`` [m, K] its stored
+        branches, ``reference`` their paired reference (None for unpaired rows), ``targets`` [m] the
+        realised rewards. Returns the predictions made before learning (raw units), so replaying a
+        saved memory in order reproduces the live run's ``branch{i}_predicted`` values exactly.
+        """
+        predicted = self._predict(raw, actions, reference)
+        self._learn(raw, actions, reference, targets)
+        return predicted
+
     def _predict(self, raw: torch.Tensor, actions: torch.Tensor, reference: torch.Tensor | None) -> list[float]:
         rows = self._rows(self._standardise(raw), actions, reference)
         return (self.scale * (rows @ self.posterior.mean)).tolist()

@@ -1,0 +1,171 @@
+"""Does the bandit's learner predict, and from what? Replay saved stage-1 memories prequentially.
+
+A bandit trial saves its learner (``selector.pt``): every stage-1 transition in raw units, in the
+order it was learned. Replaying that memory phase by phase (predict the phase's branches, then
+learn from them) reproduces the live run's predictions exactly, and doing it under other
+:class:`~kdray.config.BanditConfig` options, or without some transitions, asks what the learner
+would have predicted. The answer is an out-of-sample check that costs no training: each phase is
+predicted before the learner sees it. It is not a substitute for running the options live, as the
+branches a different learner would have explored are not in the memory.
+
+``kdray learner-replay DIR`` reads ``DIR/trials/<trial_id>/{selector.pt,run_record.json}`` (a sweep
+folder, or the copies committed under ``results/``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from kdray.config import BanditConfig, SelectorConfig
+from kdray.prediction import pearson
+from kdray.report_labels import TASK_LABELS, task_order_key
+from kdray.selection.bandit import FORMAT, BanditSelector, feature_names
+from kdray.selection.bandit_model import Memory
+
+
+@dataclass(frozen=True)
+class SavedLearner:
+    """One bandit trial's saved learner and what it was run on."""
+
+    trial_id: str
+    task: str
+    seed: int
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReplayedRow:
+    """One stored transition: its phase, its place among the phase's branches (0 = the decided one)."""
+
+    phase: int
+    branch: int
+    predicted: float
+    realised: float
+
+
+def load_learners(folder: str | Path) -> list[SavedLearner]:
+    """Every bandit learner under ``folder/trials``, in trial-id order; other selectors are skipped."""
+    trials = Path(folder) / "trials"
+    learners = []
+    for path in sorted(trials.glob("*/selector.pt")):
+        state = torch.load(path, weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            continue
+        record = json.loads((path.parent / "run_record.json").read_text())
+        learners.append(SavedLearner(path.parent.name, str(record["task"]), int(record["seed"]), state))
+    if not learners:
+        raise ValueError(f"{trials}: no bandit selector.pt (with its run_record.json) in any trial folder")
+    return learners
+
+
+def replay_options(state: dict[str, Any], overrides: dict[str, Any]) -> BanditConfig:
+    """The saved options with ``overrides`` applied; keys and values are checked as in a space file."""
+    unknown = sorted(set(overrides) - set(BanditConfig.model_fields))
+    if unknown:
+        raise ValueError(f"learner-replay: unknown selector.bandit key(s) {unknown}; "
+                         f"allowed: {sorted(BanditConfig.model_fields)}")
+    try:
+        options = BanditConfig(**{**state["options"], **overrides})
+    except ValidationError as err:
+        raise ValueError(f"learner-replay: bad selector.bandit override: {err.errors()[0]['msg']} "
+                         f"({err.errors()[0]['loc']})") from None
+    if options.levels != state["options"]["levels"]:
+        raise ValueError("learner-replay: `levels` cannot change in a replay (the stored actions are on its grid)")
+    return options
+
+
+def replay(learner: SavedLearner, overrides: dict[str, Any] | None = None,
+           drop_without: list[str] | None = None) -> list[ReplayedRow]:
+    """Predict-then-learn over the saved memory, phase by phase, under the saved options plus ``overrides``.
+
+    ``drop_without`` removes the transitions whose weighting gives every one of these kinds weight 0
+    before replaying (e.g. ``[finetune, response]``: the phases that trained without any label signal).
+    """
+    state, pool = learner.state, list(learner.state["pool"])
+    options = replay_options(state, overrides or {})
+    columns = _feature_columns(list(state["names"]), feature_names(pool, list(options.features)))
+    memory = Memory.from_state_dict(state["memory"])
+    keep = _rows_with_any(memory.actions, pool, drop_without or [])
+    selector = BanditSelector(pool, SelectorConfig(name="bandit", action=state["action"]), 0, options)
+    rows: list[ReplayedRow] = []
+    for phase in torch.unique(memory.phases).tolist():
+        at = (memory.phases == phase).nonzero()[:, 0]
+        branches = [i for i, index in enumerate(at.tolist()) if keep[index]]
+        if not branches:
+            continue
+        index = at[branches]
+        paired = bool(memory.paired[index[0]])
+        predicted = selector.replay_phase(memory.states[index[0], columns], memory.actions[index],
+                                          memory.references[index[0]] if paired else None, memory.targets[index])
+        rows += [ReplayedRow(phase, b, p, float(t))
+                 for b, p, t in zip(branches, predicted, memory.targets[index].tolist())]
+    return rows
+
+
+def _feature_columns(recorded: list[str], wanted: list[str]) -> list[int]:
+    missing = [name for name in wanted if name not in recorded]
+    if missing:
+        raise ValueError(f"learner-replay: feature(s) {missing} were not recorded by this learner "
+                         f"(it saved {recorded}); a replay can only use a subset of them")
+    return [recorded.index(name) for name in wanted]
+
+
+def _rows_with_any(actions: torch.Tensor, pool: list[str], kinds: list[str]) -> list[bool]:
+    unknown = [k for k in kinds if k not in pool]
+    if unknown:
+        raise ValueError(f"learner-replay: --drop-without kind(s) {unknown} are not in the learner's pool {pool}")
+    if not kinds:
+        return [True] * actions.shape[0]
+    columns = [pool.index(k) for k in kinds]
+    return (actions[:, columns] > 0).any(dim=1).tolist()
+
+
+def summarise(learners: list[SavedLearner], overrides: dict[str, Any] | None = None,
+              drop_without: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per task: transitions, and the prediction-realised correlation of the decided branches and of all."""
+    by_task: dict[str, list[tuple[int, list[ReplayedRow]]]] = {}
+    for learner in learners:
+        by_task.setdefault(learner.task, []).append((learner.seed, replay(learner, overrides, drop_without)))
+    table = []
+    for task in sorted(by_task, key=task_order_key):
+        runs = sorted(by_task[task])
+        decided = [[r for r in rows if r.branch == 0] for _, rows in runs]
+        everything = [rows for _, rows in runs]
+        table.append({"task": task, "seeds": [s for s, _ in runs], "rows": sum(len(r) for r in everything),
+                      "decided": _correlations(decided), "all": _correlations(everything)})
+    return table
+
+
+def _correlations(runs: list[list[ReplayedRow]]) -> tuple[float, list[float]]:
+    """Pooled correlation over every run's rows, and one per run."""
+    def r(rows: list[ReplayedRow]) -> float:
+        return pearson(np.array([x.predicted for x in rows]), np.array([x.realised for x in rows]))
+    return r([x for rows in runs for x in rows]), [r(rows) for rows in runs]
+
+
+def render(table: list[dict[str, Any]], heading: str) -> str:
+    """A Markdown table of :func:`summarise`'s rows."""
+    def cell(value: tuple[float, list[float]]) -> str:
+        pooled, per = value
+        return f"{_r(pooled)} ({', '.join(_r(v) for v in per)})"
+    lines = [f"### {heading}", "", "| Task | seeds | transitions | decided branch | every branch |",
+             "|:---|:---|---:|---:|---:|"]
+    lines += [f"| {TASK_LABELS.get(t['task'], t['task'])} | {', '.join(map(str, t['seeds']))} | {t['rows']} | "
+              f"{cell(t['decided'])} | {cell(t['all'])} |" for t in table]
+    lines += ["", "- Pearson correlation of each transition's prediction (made before the learner saw its phase) "
+              "with its realised paired advantage: pooled over seeds (per seed). Decided branch: the weighting "
+              "training continued from (the stage-1 Prediction table of `kdray report`); every branch: all the "
+              "rows the learner is fitted to."]
+    return "\n".join(lines) + "\n"
+
+
+def _r(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:+.2f}"
