@@ -229,3 +229,27 @@ def test_paper_scale_setting_runs_every_model_row(tmp_path: Path) -> None:
         assert own > 0 and rows[name].value == pytest.approx((own + reward_set) / 50 / plain)
     # the full feature set runs a forward and one backward per kind: never cheaper than two scalars and an argmax
     assert rows["bandit_full_ps50"].seconds > rows["bandit_default_ps50"].seconds
+
+
+def test_bench_ray_starts_its_local_ray_on_loopback_only(monkeypatch, tmp_path: Path) -> None:
+    """The Ray section starts Ray as a sweep does (a fresh local cluster bound to 127.0.0.1), not on the
+    machine's routable address; the quick bench above runs it for real."""
+    import ray
+
+    from kdray.bench.ray_overhead import bench_ray
+    from kdray.sweep.ray_start import LOOPBACK_ENV
+
+    class Stop(Exception):
+        pass
+
+    seen: dict = {}
+
+    def fake_init(**kwargs):
+        seen.update(kwargs, loopback_env=os.environ.get(LOOPBACK_ENV))
+        raise Stop
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    with pytest.raises(Stop):
+        bench_ray(tmp_path, 2, print, with_ray_train=False)
+    assert (seen["address"], seen["_node_ip_address"], seen["dashboard_host"]) == ("local", "127.0.0.1", "127.0.0.1")
+    assert seen["loopback_env"] == "0" and seen["log_to_driver"] is False

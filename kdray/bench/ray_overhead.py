@@ -8,6 +8,7 @@ wired as DDP trials are (a 0.01-CPU Tune trial launching a ``TorchTrainer`` that
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
@@ -164,6 +165,11 @@ def timed_fit(tuner: Any, conc: int) -> SweepTiming:
                        ends=[float(m["t_end"]) for m in metrics if "t_end" in m], conc=conc)
 
 
+def _quiet_init(init: Callable[..., Any], **kwargs: Any) -> Any:
+    """``init`` (``ray.init``) with a sweep's local-start arguments, minus the trials' log forwarding."""
+    return init(**{**kwargs, "log_to_driver": False, "logging_level": "ERROR"})
+
+
 def bench_ray(work: Path, n_trials: int, log: Callable[[str], None], with_ray_train: bool,
               other_trials: int | None = None) -> list[Row]:
     """Sweeps of ``n_trials`` trivial trials (kdray's wiring) on a local Ray started and stopped here; the
@@ -180,7 +186,8 @@ def bench_ray(work: Path, n_trials: int, log: Callable[[str], None], with_ray_tr
         reuse_actors,
         tune_resources,
     )
-    
+    from kdray.sweep.ray_start import start_local
+
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     storage = work / "ray_storage"
@@ -188,10 +195,8 @@ def bench_ray(work: Path, n_trials: int, log: Callable[[str], None], with_ray_tr
     sweep = SweepConfig()  # default resources: one 1-CPU worker per trial, run in the Tune trial (trainer auto)
     train_sweep = SweepConfig.model_validate({"resources": {"trainer": "ray_train"}})
     t0 = time.perf_counter()
-    # address="local": always a fresh local cluster of our own, never another job's running one
-    ray.init(address="local", num_cpus=local_num_cpus(sweep), num_gpus=0, include_dashboard=False,
-             dashboard_host="127.0.0.1",
-             log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    # a sweep's own local start (a fresh cluster of our own, on 127.0.0.1 only), with the trials' logs kept quiet
+    start_local(sweep, init=functools.partial(_quiet_init, ray.init))
     start_s = time.perf_counter() - t0
     rows: list[Row] = []
     try:
