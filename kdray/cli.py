@@ -118,9 +118,10 @@ def _cmd_learner_replay(args: argparse.Namespace) -> int:
     overrides = dict(_parse_override(o) for o in args.set or [])
     drop = [k for k in (args.drop_without or "").split(",") if k]
     table = summarise(load_learners(args.results_dir), overrides, drop)
-    settings = ", ".join([f"{k}={v}" for k, v in overrides.items()] + ([f"without rows lacking {'/'.join(drop)}"]
-                                                                       if drop else [])) or "as run"
-    print(render(table, f"Learner replay ({settings})"), end="")
+    settings = [f"{k}={v}" for k, v in overrides.items()]
+    if drop:
+        settings.append(f"without rows lacking {'/'.join(drop)}")
+    print(render(table, f"Learner replay ({', '.join(settings) or 'as run'})"), end="")
     return 0
 
 

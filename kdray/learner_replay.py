@@ -15,17 +15,15 @@ folder, or the copies committed under ``results/``).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 
-from kdray.config import BanditConfig, SelectorConfig
-from kdray.prediction import pearson
+from kdray.config import BanditConfig, SelectorConfig, validate
+from kdray.prediction import format_r, pearson
 from kdray.report_labels import TASK_LABELS, task_order_key
 from kdray.selection.bandit import FORMAT, BanditSelector, feature_names
 from kdray.selection.bandit_model import Memory
@@ -68,15 +66,7 @@ def load_learners(folder: str | Path) -> list[SavedLearner]:
 
 def replay_options(state: dict[str, Any], overrides: dict[str, Any]) -> BanditConfig:
     """The saved options with ``overrides`` applied; keys and values are checked as in a space file."""
-    unknown = sorted(set(overrides) - set(BanditConfig.model_fields))
-    if unknown:
-        raise ValueError(f"learner-replay: unknown selector.bandit key(s) {unknown}; "
-                         f"allowed: {sorted(BanditConfig.model_fields)}")
-    try:
-        options = BanditConfig(**{**state["options"], **overrides})
-    except ValidationError as err:
-        raise ValueError(f"learner-replay: bad selector.bandit override: {err.errors()[0]['msg']} "
-                         f"({err.errors()[0]['loc']})") from None
+    options: BanditConfig = validate(BanditConfig, {**state["options"], **overrides}, "learner-replay --set")
     if options.levels != state["options"]["levels"]:
         raise ValueError("learner-replay: `levels` cannot change in a replay (the stored actions are on its grid)")
     return options
@@ -102,11 +92,11 @@ def replay(learner: SavedLearner, overrides: dict[str, Any] | None = None,
         if not branches:
             continue
         index = at[branches]
+        targets = memory.targets[index]
         paired = bool(memory.paired[index[0]])
         predicted = selector.replay_phase(memory.states[index[0], columns], memory.actions[index],
-                                          memory.references[index[0]] if paired else None, memory.targets[index])
-        rows += [ReplayedRow(phase, b, p, float(t))
-                 for b, p, t in zip(branches, predicted, memory.targets[index].tolist())]
+                                          memory.references[index[0]] if paired else None, targets)
+        rows += [ReplayedRow(phase, b, p, t) for b, p, t in zip(branches, predicted, targets.tolist())]
     return rows
 
 
@@ -155,7 +145,7 @@ def render(table: list[dict[str, Any]], heading: str) -> str:
     """A Markdown table of :func:`summarise`'s rows."""
     def cell(value: tuple[float, list[float]]) -> str:
         pooled, per = value
-        return f"{_r(pooled)} ({', '.join(_r(v) for v in per)})"
+        return f"{format_r(pooled)} ({', '.join(format_r(v) for v in per)})"
     lines = [f"### {heading}", "", "| Task | seeds | transitions | decided branch | every branch |",
              "|:---|:---|---:|---:|---:|"]
     lines += [f"| {TASK_LABELS.get(t['task'], t['task'])} | {', '.join(map(str, t['seeds']))} | {t['rows']} | "
@@ -165,7 +155,3 @@ def render(table: list[dict[str, Any]], heading: str) -> str:
               "training continued from (the stage-1 Prediction table of `kdray report`); every branch: all the "
               "rows the learner is fitted to."]
     return "\n".join(lines) + "\n"
-
-
-def _r(value: float) -> str:
-    return "–" if math.isnan(value) else f"{value:+.2f}"

@@ -52,7 +52,8 @@ def prediction_table(trials: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame
     return order.sort_values(["_m", "_t", "stage"]).drop(columns=["_m", "_t"]).reset_index(drop=True)
 
 
-def _r(value: float) -> str:
+def format_r(value: float) -> str:
+    """A correlation as a signed two-decimal number, an en dash where none is defined."""
     return "–" if math.isnan(value) else f"{value:+.2f}"
 
 
@@ -62,7 +63,7 @@ def render_prediction(table: pd.DataFrame, fmt: str = "md") -> str:
     headers = ["Method", "Task"] + [STAGES.get(s, f"stage {s}") for s in stages]
     body = []
     for (method, task), g in table.groupby(["method", "task"], sort=False):
-        cells = {r.stage: f"{_r(r.r)} (n={r.n}; {', '.join(_r(v) for v in r.per_seed)})" for r in g.itertuples()}
+        cells = {r.stage: f"{format_r(r.r)} (n={r.n}; {', '.join(format_r(v) for v in r.per_seed)})" for r in g.itertuples()}
         body.append([method_label(method), TASK_LABELS.get(task, task)] + [cells.get(s, "–") for s in stages])
     note = ("Pearson correlation of the learner's prediction at decision time (q_value) with the reward that "
             "decision then earned, pooled over seeds (decisions; per seed). KS-Bandit's stage 1: the paired "

@@ -82,8 +82,8 @@ def test_summary_pools_seeds_per_task_and_the_cli_prints_it(tmp_path: Path, caps
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--set", "pairwse=true"], "unknown selector.bandit key"),
-    (["--set", "prior_precision=-1"], "bad selector.bandit override"),
+    (["--set", "pairwse=true"], "pairwse: unknown key; allowed keys: features, prior_precision"),
+    (["--set", "prior_precision=-1"], "prior_precision: Input should be greater than 0"),
     (["--set", "features=[losses]"], "were not recorded"),
     (["--set", "levels=3"], "cannot change"),
     (["--drop-without", "gold"], "not in the learner's pool"),
