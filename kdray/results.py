@@ -39,7 +39,7 @@ REWARD_SHAPING_TYPE = pa.struct([
 # One column per field of kdray.records.RunResult, plus the trial's identity and status. The one field left out,
 # ``traces`` (per kind per phase), goes to traces.parquet row by row instead (TRACE_SCHEMA). Columns added
 # later (selector_seconds, final_steps, mean_step_seconds, teacher_cache, attempts,
-# student_path, holdout_score) are null in rows of older files.
+# student_path, holdout_score, run_settings) are null in rows of older files.
 DROPPED_RESULT_FIELDS = {"traces": "stored row by row in traces.parquet"}
 TRIAL_SCHEMA = pa.schema([
     ("sweep", pa.string()),
@@ -73,6 +73,8 @@ TRIAL_SCHEMA = pa.schema([
     ("student_path", pa.string()),  # the saved student (save_pretrained) when it was the task's best so far
     ("started_at", pa.timestamp("us", tz="UTC")),
     ("finished_at", pa.timestamp("us", tz="UTC")),
+    # the settings the trial ran with (sorted JSON, kdray.sweep.settings): a resume refuses to mix other ones
+    ("run_settings", pa.string()),
 ])
 
 TRACE_SCHEMA = pa.schema([
@@ -117,6 +119,7 @@ def trial_row(
     finished_at: Any = None,
     attempts: int | None = None,
     student_path: str | None = None,
+    run_settings: str | None = None,
 ) -> dict[str, Any]:
     """One trials.parquet row from a trial's RunResult (or, for a failed or stopped trial, the fields known of it).
 
@@ -126,7 +129,7 @@ def trial_row(
     row: dict[str, Any] = {name: res.get(name) for name in TRIAL_COLUMNS}
     row.update(sweep=sweep, trial_id=str(trial_id), status=status, error=error,
                started_at=started_at, finished_at=finished_at, attempts=attempts,
-               student_path=student_path)
+               student_path=student_path, run_settings=run_settings)
     for key, value in (searched or {}).items():
         if key in TRIAL_COLUMNS:
             raise ValueError(f"searched parameter {key!r} collides with a fixed trials column")

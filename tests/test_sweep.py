@@ -148,6 +148,14 @@ def test_committed_parquet_restored_into_fresh_storage_resumes(tmp_path: Path, g
     assert trials.set_index("trial_id").loc[old_id, "finished_at"] == before["finished_at"].iloc[0]
     assert (traces["trial_id"] == old_id).sum() == len(before_traces)
     assert not traces.duplicated(["trial_id", "episode", "step", "knowledge"]).any()
+    # every row keeps what it ran with; an edited fixed setting is refused before Ray starts (tests/test_sweep_settings.py)
+    assert trials["run_settings"].map(lambda s: '"train.lr": 0.0001' in s).all()
+    edited = grown.read_text().replace("lr: 0.0001", "lr: 0.0002")
+    assert edited != grown.read_text()
+    grown.write_text(edited)
+    refused = subprocess.run([PY, "-m", "kdray", "sweep", str(grown), "--storage", str(tmp_path / "fresh"), "--resume"],
+                             env=env(), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "train.lr: 0.0001 -> 0.0002" in refused.stderr, refused.stderr[-2000:]
 
 
 def test_teachers_only_prepares_every_teacher_without_ray(tmp_path: Path, glue_dir: Path) -> None:

@@ -20,6 +20,7 @@ from kdray.io import atomic_torch_save
 from kdray.records import RunResult
 from kdray.registry import method_name
 from kdray.sweep.expansion import tune_identity
+from kdray.sweep.settings import settings_json
 from kdray.sweep.trial import ERROR_KEY, RECORD_KEY, RECORDED_KEY, TrialContext
 
 STUDENTS_DIR = "students"  # <sweep>/students/<trial key>: the best student of each task (save_pretrained)
@@ -29,7 +30,7 @@ OPTIMIZER_KEYS = ("optimizer", "scheduler", "scaler")  # dropped from a finished
 def trial_row(sweep_name: str, key: str, task: str | None, params: dict[str, Any], result: RunResult | None,
               last: dict[str, Any], error: str | None, started_at: str, finished_at: str,
               run: RunConfig | None = None, attempts: int | None = None,
-              student_path: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+              student_path: str | None = None, settings: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One trials.parquet row (and its trace rows) from a trial's identity, RunResult and last Tune result.
 
     Status: ERROR when the trial or its last report says so, TERMINATED with a RunResult, else STOPPED (ended
@@ -43,7 +44,8 @@ def trial_row(sweep_name: str, key: str, task: str | None, params: dict[str, Any
                                                **(_run_fields(run) if run is not None else {})}
     row = results.trial_row(sweep_name, key, known, params, status=status, error=error,
                             started_at=started_at or None, finished_at=finished_at, attempts=attempts,
-                            student_path=student_path if status == "TERMINATED" else None)
+                            student_path=student_path if status == "TERMINATED" else None,
+                            run_settings=settings)
     return row, traces
 
 
@@ -87,19 +89,18 @@ def record(results_dir: str, ctx: TrialContext, mirror_uri: str | None, config: 
     sweep = ctx.sweep
     key, trial_task, params = tune_identity(sweep, config, ctx.task, tune_trial_id)
     result = RunResult.from_json(last[RECORD_KEY]) if RECORD_KEY in last else None
-    run = None
-    if result is None:
-        try:
-            run = ctx.resolve(config, tune_trial_id).run
-        except (ConfigError, ValueError, KeyError):
-            run = None  # a trial no longer in the space file: keep what Tune knows of it
+    try:
+        run = ctx.resolve(config, tune_trial_id).run
+    except (ConfigError, ValueError, KeyError):
+        run = None  # a trial no longer in the space file: keep what Tune knows of it
     student = None
     if result is not None and not (last.get(ERROR_KEY) or error):
         student = keep_best_student(Path(ctx.trials_dir) / key / STUDENT_FOLDER, result.dev_score,
                                     results.kept_student(results_dir, result.task),
                                     Path(results_dir) / STUDENTS_DIR, sweep.search.mode_direction != "min")
-    row, traces = trial_row(sweep.name, key, trial_task, params, result, last, error, started_at, _now(), run,
-                            attempts, student)
+    row, traces = trial_row(sweep.name, key, trial_task, params, result, last, error, started_at, _now(),
+                            run if result is None else None, attempts, student,
+                            settings_json(run) if run is not None else None)
     if traces:
         results.append_traces(results_dir, traces)
     results.append_trials(results_dir, [row])

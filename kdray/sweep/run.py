@@ -30,6 +30,7 @@ from kdray.sweep.loggers import check_logging, logger_callbacks
 from kdray.sweep.preflight import check_inputs, check_writable_folder, sweep_folder
 from kdray.sweep.ray_start import RayStartError, join, start_local
 from kdray.sweep.recorder import backfill, make_recorder
+from kdray.sweep.settings import check_recorded_settings
 from kdray.sweep.resources import QUIET_ENV, max_concurrent_trials, reuse_actors, tune_resources
 from kdray.sweep.teachers import teacher_root, teacher_stage
 from kdray.sweep.trial import ERROR_KEY, TrialContext, trial_fn
@@ -118,11 +119,14 @@ def refuse_searched_overrides(sweep: SweepConfig, overrides: dict[str, Any], spa
 def preflight(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, resume: bool) -> None:
     """Everything a sweep can be refused for before Ray starts: storage, models, GLUE folders, paths, and a
     fresh run over a sweep that exists (it needs --resume or another --name; ``resume`` skips that check, as
-    does --teachers-only, which runs no Tuner)."""
+    does --teachers-only, which runs no Tuner), and recorded grid trials that ran with other settings than the
+    file now gives them (:func:`kdray.sweep.settings.check_recorded_settings`)."""
     sweep_dir = sweep_folder(storage, sweep.name)
     local_dir = results_dir(sweep_dir, sweep.name)
     check_writable_folder(local_dir, "--storage" if not is_uri else "the local results folder")
     check_inputs(sweep, stage_runs(sweep, trials))
+    if trials is not None:  # an Optuna trial's key is its Tune id: nothing to match it against
+        check_recorded_settings(local_dir, trials, sweep.name)
     if not resume and not is_uri:
         names = ["tune"] if sweep.search.mode == "grid" else [f"tune_{task}" for task in sweep.tasks]
         for tuner in names:
