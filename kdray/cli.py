@@ -84,6 +84,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         overrides=dict(_parse_override(o) for o in args.set or []),
         teachers_only=args.teachers_only,
+        rerun_changed=args.rerun_changed,
     )
 
 
@@ -243,6 +244,8 @@ def _add_run_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="override a base setting of the space file, e.g. resources.use_gpu=true")
     p.add_argument("--teachers-only", action="store_true",
                    help="fine-tune (or find) the sweep's teachers under --storage and stop (no Ray)")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="resume, running again the recorded grid trials whose settings the file has changed")
     p.set_defaults(func=_cmd_sweep)
 
     p = add("train", help="one distillation run in-process (no Ray)")

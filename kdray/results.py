@@ -249,6 +249,22 @@ def append_traces(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def remove_trials(sweep_dir: str | Path, trial_ids: list[str]) -> int:
+    """Delete these trials' rows from trials.parquet and their traces (one locked, atomic rewrite each), so a
+    resumed sweep runs them again; returns how many trial rows went."""
+    sweep_dir, ids = Path(sweep_dir), set(trial_ids)
+    removed = 0
+    with _lock(sweep_dir):
+        for name, schema in ((TRIALS_FILE, TRIAL_SCHEMA), (TRACES_FILE, TRACE_SCHEMA)):
+            rows = _read_rows(sweep_dir / name)
+            kept = [r for r in rows if r["trial_id"] not in ids]
+            if len(kept) < len(rows):
+                atomic_write_parquet(sweep_dir / name, _to_table(kept, schema))
+            if name == TRIALS_FILE:
+                removed = len(rows) - len(kept)
+    return removed
+
+
 # --------------------------------------------------------------------------- reading
 
 

@@ -156,6 +156,15 @@ def test_committed_parquet_restored_into_fresh_storage_resumes(tmp_path: Path, g
     refused = subprocess.run([PY, "-m", "kdray", "sweep", str(grown), "--storage", str(tmp_path / "fresh"), "--resume"],
                              env=env(), capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "train.lr: 0.0001 -> 0.0002" in refused.stderr, refused.stderr[-2000:]
+    rerun = subprocess.run([PY, "-m", "kdray", "sweep", str(grown), "--storage", str(tmp_path / "fresh"),
+                            "--rerun-changed"], env=env(), capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "2 recorded trial(s) ran with other settings and run again" in rerun.stdout
+    again, _ = load(fresh)
+    assert sorted(again["trial_id"]) == sorted(trials["trial_id"]) and (again["status"] == "TERMINATED").all()
+    assert again["run_settings"].map(lambda s: '"train.lr": 0.0002' in s).all()
+    finished = again.set_index("trial_id")["finished_at"].sort_index()
+    assert (finished > trials.set_index("trial_id")["finished_at"].sort_index()).all()
 
 
 def test_teachers_only_prepares_every_teacher_without_ray(tmp_path: Path, glue_dir: Path) -> None:

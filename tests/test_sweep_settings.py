@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 from kdray.config import ConfigError
-from kdray.results import append_trials, trial_row
+from kdray.results import append_traces, append_trials, load, trial_row
 from kdray.sweep.expansion import expand_grid
 from kdray.sweep.run import load_sweep, preflight
-from kdray.sweep.settings import check_recorded_settings, differences, run_settings, settings_json
+from kdray.sweep.settings import (check_recorded_settings, differences, forget_changed, run_settings,
+                                  settings_json)
 
 
 def _space(tmp: Path, glue_dir: Path, **fixed: dict) -> Path:
@@ -117,3 +118,42 @@ def test_rows_without_settings_are_not_checked(tmp_path: Path, glue_dir: Path) -
     assert stored["train.lr"] == 1.0
     with pytest.raises(ConfigError, match=r"1 trial\(s\)"):
         check_recorded_settings(sweep_dir, _trials(path), "s")
+
+
+def test_rerun_changed_forgets_only_the_changed_trials(tmp_path: Path, glue_dir: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """--rerun-changed removes the changed trials' rows and traces and sets Tune's state aside (kept), so a fresh
+    Tuner runs them while every other recorded trial is skipped. (End to end: tests/test_sweep.py.)"""
+    path = _space(tmp_path, glue_dir)
+    sweep_dir = tmp_path / "s"
+    (sweep_dir / "tune").mkdir(parents=True)
+    trials = _trials(path)
+    _record(sweep_dir, trials)
+    append_traces(sweep_dir, [{"trial_id": t.key, "stage": 2, "episode": -1, "step": 0, "phase": 0,
+                               "knowledge": "finetune", "weight": 1.0} for t in trials])
+    assert forget_changed(sweep_dir, trials) == [] and (sweep_dir / "tune").is_dir()
+    doc = yaml.safe_load(path.read_text())
+    doc["task_overrides"] = {"mrpc": {"train.lr": 1.0e-3}}
+    path.write_text(yaml.safe_dump(doc))
+    gone = forget_changed(sweep_dir, _trials(path))
+    assert len(gone) == 4 and all("-mrpc-" in k for k in gone)
+    rows, traces = load(sweep_dir)
+    assert sorted(rows["trial_id"]) == sorted(t.key for t in trials if t.task == "rte")
+    assert set(traces["trial_id"]) == set(rows["trial_id"])
+    assert not (sweep_dir / "tune").exists() and len(list(sweep_dir.glob("tune.before-rerun-*"))) == 1
+    assert "4 recorded trial(s) ran with other settings and run again" in capsys.readouterr().out
+    check_recorded_settings(sweep_dir, _trials(path), "s")  # what is left matches the file
+
+
+def test_rerun_changed_is_refused_for_optuna_and_uri_storage(tmp_path: Path, glue_dir: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from kdray.sweep import run_sweep
+
+    path = _space(tmp_path, glue_dir)
+    assert run_sweep(str(path), storage="s3://bucket/x", rerun_changed=True) == 2
+    assert "--rerun-changed needs a local --storage" in capsys.readouterr().err
+    doc = yaml.safe_load(path.read_text())
+    doc["search"] = {"mode": "optuna", "num_samples": 2, "space": {"train.lr": {"loguniform": [1.0e-5, 1.0e-3]}}}
+    path.write_text(yaml.safe_dump(doc))
+    assert run_sweep(str(path), storage=str(tmp_path / "runs"), rerun_changed=True) == 2
+    assert "--rerun-changed applies to grid sweeps" in capsys.readouterr().err

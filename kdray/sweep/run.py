@@ -30,7 +30,7 @@ from kdray.sweep.loggers import check_logging, logger_callbacks
 from kdray.sweep.preflight import check_inputs, check_writable_folder, sweep_folder
 from kdray.sweep.ray_start import RayStartError, join, start_local
 from kdray.sweep.recorder import backfill, make_recorder
-from kdray.sweep.settings import check_recorded_settings
+from kdray.sweep.settings import changed_trials, check_recorded_settings, forget_changed
 from kdray.sweep.resources import QUIET_ENV, max_concurrent_trials, reuse_actors, tune_resources
 from kdray.sweep.teachers import teacher_root, teacher_stage
 from kdray.sweep.trial import ERROR_KEY, TrialContext, trial_fn
@@ -42,7 +42,7 @@ SWEEP_LOCK = ".sweep.lock"  # held by the one driver of a sweep, fresh or resume
 def run_sweep(space_path: str, address: str | None = None, storage: str | None = None, name: str | None = None,
               resume: bool = False, dry_run: bool = False, max_concurrent: int | None = None,
               num_samples: int | None = None, overrides: dict[str, Any] | None = None,
-              teachers_only: bool = False) -> int:
+              teachers_only: bool = False, rerun_changed: bool = False) -> int:
     """Run (or with ``dry_run`` print) the sweep in ``space_path``; returns the process exit code.
 
     Args:
@@ -58,6 +58,8 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
             change, so ``--resume`` with other resources continues the same sweep.
         teachers_only: fine-tune (or find) the sweep's teachers under ``storage`` and stop, without Ray: prepare
             them on one GPU box (or before a long sweep) and run the trials later with the same storage.
+        rerun_changed: resume, running again the recorded grid trials whose settings differ from the file's
+            (:func:`kdray.sweep.settings.forget_changed`); without it such a sweep is refused.
 
     Returns:
         0 when every trial finished, 1 when some trial is recorded as ERROR, 2 for a bad configuration (found
@@ -70,15 +72,23 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
     try:
         if max_concurrent is not None and max_concurrent < 1:
             raise ConfigError(f"--max-concurrent {max_concurrent}: must be >= 1")
+        if rerun_changed and "://" in storage:
+            raise ConfigError("--rerun-changed needs a local --storage (it rewrites the Parquet files there)")
         sweep = load_sweep(space_path, overrides, name, num_samples)
         trials = expand_grid(sweep, str(space_path)) if sweep.search.mode == "grid" else None
-        preflight(sweep, trials, storage, is_uri, resume or teachers_only)
+        if rerun_changed and trials is None:
+            raise ConfigError(f"{space_path}: --rerun-changed applies to grid sweeps (an Optuna trial's key is its "
+                              "Tune id, so nothing recorded matches the file's trials)")
+        preflight(sweep, trials, storage, is_uri, resume or rerun_changed or teachers_only, rerun_changed)
         check_logging(sweep)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return 2
     if dry_run:
         print(describe(sweep, trials))
+        if rerun_changed and trials is not None:
+            changed = sorted(changed_trials(results_dir(sweep_folder(storage, sweep.name), sweep.name), trials))
+            print(f"--rerun-changed would run {len(changed)} recorded trial(s) again: {', '.join(changed) or '-'}")
         return 0
     if teachers_only:
         t0 = time.time()
@@ -86,7 +96,7 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
         found = teacher_stage(sweep, stage_runs(sweep, trials), root, local=True)
         print(f"[kdray] {len(found)} teacher(s) ready under {root} ({time.time() - t0:.1f}s)", flush=True)
         return 0
-    return _on_ray(sweep, trials, storage, is_uri, address, resume, max_concurrent)
+    return _on_ray(sweep, trials, storage, is_uri, address, resume or rerun_changed, max_concurrent, rerun_changed)
 
 
 def load_sweep(space_path: str, overrides: dict[str, Any] | None, name: str | None,
@@ -116,16 +126,18 @@ def refuse_searched_overrides(sweep: SweepConfig, overrides: dict[str, Any], spa
                                   f"sets it; change the space file's values instead")
 
 
-def preflight(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, resume: bool) -> None:
+def preflight(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, resume: bool,
+              rerun_changed: bool = False) -> None:
     """Everything a sweep can be refused for before Ray starts: storage, models, GLUE folders, paths, and a
     fresh run over a sweep that exists (it needs --resume or another --name; ``resume`` skips that check, as
     does --teachers-only, which runs no Tuner), and recorded grid trials that ran with other settings than the
-    file now gives them (:func:`kdray.sweep.settings.check_recorded_settings`)."""
+    file now gives them (:func:`kdray.sweep.settings.check_recorded_settings`; ``rerun_changed`` runs them again
+    instead)."""
     sweep_dir = sweep_folder(storage, sweep.name)
     local_dir = results_dir(sweep_dir, sweep.name)
     check_writable_folder(local_dir, "--storage" if not is_uri else "the local results folder")
     check_inputs(sweep, stage_runs(sweep, trials))
-    if trials is not None:  # an Optuna trial's key is its Tune id: nothing to match it against
+    if trials is not None and not rerun_changed:  # an Optuna trial's key is its Tune id: nothing to match
         check_recorded_settings(local_dir, trials, sweep.name)
     if not resume and not is_uri:
         names = ["tune"] if sweep.search.mode == "grid" else [f"tune_{task}" for task in sweep.tasks]
@@ -143,13 +155,13 @@ def stage_runs(sweep: SweepConfig, trials: list[Trial] | None) -> list[RunConfig
 
 
 def _on_ray(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, address: str | None,
-            resume: bool, max_concurrent: int | None) -> int:
+            resume: bool, max_concurrent: int | None, rerun_changed: bool = False) -> int:
     """Take the sweep's lock, start (or join) Ray, run the sweep; the exit code of :func:`run_sweep`."""
     sweep_dir = sweep_folder(storage, sweep.name)
     local_dir = Path(results_dir(sweep_dir, sweep.name))
     try:
         with try_locked(local_dir / SWEEP_LOCK):
-            return _locked_run(sweep, trials, storage, is_uri, address, resume, max_concurrent)
+            return _locked_run(sweep, trials, storage, is_uri, address, resume, max_concurrent, rerun_changed)
     except LockHeld:
         print(f"another kdray sweep is running {local_dir} (it holds {SWEEP_LOCK}); wait for it to end, or "
               "use another --name", file=sys.stderr)
@@ -157,7 +169,7 @@ def _on_ray(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri
 
 
 def _locked_run(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, address: str | None,
-                resume: bool, max_concurrent: int | None) -> int:
+                resume: bool, max_concurrent: int | None, rerun_changed: bool = False) -> int:
     """The sweep under its lock: clean what a killed run left, start Ray, prepare teachers, run each Tuner."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -172,6 +184,8 @@ def _locked_run(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is
     if stale or left:
         print(f"[kdray] cleaned up after a killed run: {len(stale)} temp file(s), {len(left)} process(es)",
               flush=True)
+    if rerun_changed and trials is not None:
+        forget_changed(local_dir, trials)
     watchdog = None
     try:
         if address is None:

@@ -11,6 +11,7 @@ the space file now gives each recorded key before Ray starts (:func:`check_recor
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from kdray.config import ConfigError, RunConfig
-from kdray.results import TRIALS_FILE
+from kdray.results import TRIALS_FILE, remove_trials
 
 SETTINGS_COLUMN = "run_settings"
 
@@ -88,6 +89,19 @@ def recorded_settings(sweep_dir: str | Path) -> dict[str, dict[str, Any]]:
     return {r["trial_id"]: json.loads(r[SETTINGS_COLUMN]) for r in rows if r[SETTINGS_COLUMN]}
 
 
+def changed_trials(sweep_dir: str | Path, trials: Iterable[Any]) -> dict[str, list[str]]:
+    """Recorded trial key -> its differing settings (:func:`differences`), for every trial of ``trials`` (each
+    with ``key`` and ``run``) that ``trials.parquet`` holds with other settings."""
+    recorded = recorded_settings(sweep_dir)
+    changed: dict[str, list[str]] = {}
+    for trial in trials:
+        if trial.key in recorded:
+            diff = differences(recorded[trial.key], run_settings(trial.run))
+            if diff:
+                changed[trial.key] = diff
+    return changed
+
+
 def check_recorded_settings(sweep_dir: str | Path, trials: Iterable[Any], sweep_name: str) -> None:
     """Refuse to continue a sweep whose recorded trials ran under settings other than its space file now gives them.
 
@@ -99,13 +113,7 @@ def check_recorded_settings(sweep_dir: str | Path, trials: Iterable[Any], sweep_
     Raises:
         ConfigError: naming the differing settings, the trials and what to do instead.
     """
-    recorded = recorded_settings(sweep_dir)
-    changed: dict[str, list[str]] = {}
-    for trial in trials:
-        if trial.key in recorded:
-            diff = differences(recorded[trial.key], run_settings(trial.run))
-            if diff:
-                changed[trial.key] = diff
+    changed = changed_trials(sweep_dir, trials)
     if not changed:
         return
     keys = sorted(changed)
@@ -114,5 +122,24 @@ def check_recorded_settings(sweep_dir: str | Path, trials: Iterable[Any], sweep_
         f"sweep {sweep_name}: {len(keys)} trial(s) recorded in {Path(sweep_dir) / TRIALS_FILE} ran with other "
         f"settings than the space file gives them now (e.g. {', '.join(keys[:SHOWN])}); recorded -> now:\n  "
         + "\n  ".join(lines[:SHOWN]) + (f"\n  ... {len(lines) - SHOWN} more" if len(lines) > SHOWN else "")
-        + "\nA resume would keep those trials as they are and report them beside trials run the new way. Resume "
-          "with the settings they ran with, start a new sweep with --name, or move the sweep folder aside.")
+        + "\nA resume would keep those trials as they are and report them beside trials run the new way. Pass "
+          "--rerun-changed to run them again under the new settings (their rows are replaced), resume with the "
+          "settings they ran with, or start a new sweep with --name.")
+
+
+def forget_changed(sweep_dir: str | Path, trials: Iterable[Any]) -> list[str]:
+    """``--rerun-changed``: remove the rows and traces of recorded trials whose settings changed, and set the
+    grid's Tune state aside (``tune`` -> ``tune.before-rerun-<UTC time>``, kept) so that a fresh Tuner runs them;
+    every other recorded trial is still skipped by its row. Call it under the sweep's lock; returns the keys."""
+    changed = sorted(changed_trials(sweep_dir, trials))
+    if not changed:
+        print("[kdray] --rerun-changed: every recorded trial ran with the file's settings; nothing to re-run",
+              flush=True)
+        return []
+    remove_trials(sweep_dir, changed)
+    tune_dir = Path(sweep_dir) / "tune"
+    if tune_dir.exists():
+        tune_dir.rename(tune_dir.with_name(f"tune.before-rerun-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"))
+    print(f"[kdray] --rerun-changed: {len(changed)} recorded trial(s) ran with other settings and run again "
+          f"({', '.join(changed[:SHOWN])}{', ...' if len(changed) > SHOWN else ''})", flush=True)
+    return changed
