@@ -198,6 +198,15 @@ def _node(gcs_port: int | None, node_env: dict[str, str], cpus: int) -> subproce
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def _wait_for_cpus(gcs_port: int, node_env: dict[str, str], cpus: int, seconds: float) -> None:
+    """Until ``ray status`` of the cluster counts ``cpus`` CPUs (its worker nodes have registered)."""
+    def joined() -> bool:
+        status = subprocess.run([RAY, "status", "--address", f"127.0.0.1:{gcs_port}"], env=node_env,
+                                capture_output=True, text=True, timeout=60)
+        return f"/{cpus}.0 CPU" in status.stdout
+    wait_for(joined, seconds, f"{cpus} CPUs in the cluster")
+
+
 def _raylet(node: subprocess.Popen) -> int:
     for pid in reaper.descendants(node.pid):
         try:
@@ -232,11 +241,16 @@ def test_lost_node_trial_resumes_from_its_checkpoint(tmp_path: Path, glue_dir: P
     try:
         time.sleep(5)
         nodes.append(_node(gcs, node_env, cpus=2))
+        # the driver refuses a cluster without the trial's CPU: start it once the worker has joined (on a loaded
+        # machine that took longer than the 5 s this test used to sleep)
+        _wait_for_cpus(gcs, node_env, 2, 120)
         driver = subprocess.Popen([PY, "-m", "kdray", "sweep", str(path), "--address", f"127.0.0.1:{gcs}",
                                    "--storage", str(runs)], env=node_env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
         tune_dir = runs / "node" / "tune"
-        wait_for(lambda: any(tune_dir.glob("*/checkpoint_*")), 400, "the trial's first checkpoint")
+        wait_for(lambda: driver.poll() is not None or any(tune_dir.glob("*/checkpoint_*")), 400,
+                 "the trial's first checkpoint")
+        assert driver.poll() is None, driver.communicate()[0][-4000:]  # it ended before the trial checkpointed
         os.kill(_raylet(nodes[1]), signal.SIGKILL)
         nodes.append(_node(gcs, node_env, cpus=2))
         out, _ = driver.communicate(timeout=400)
