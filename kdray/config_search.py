@@ -72,6 +72,9 @@ class SearchConfig(StrictModel):
     mode_direction: Literal["max", "min"] = "max"
     num_samples: int = Field(default=1, ge=1, le=10**6)  # optuna: trials; grid: repeats of the whole grid
     seed: int = Field(default=0, ge=0)  # sampler seed
+    # optuna: TPE's random proposals before it models the scores (Optuna's n_startup_trials, default 10). A task's
+    # study with num_samples at or below it is a random search, the same samples on every task for one seed
+    startup_trials: int = Field(default=10, ge=1, le=10**6)
     multi_objective: bool = False  # optuna: also minimise train_seconds
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     space: dict[str, Distribution] = Field(default_factory=dict)

@@ -191,3 +191,33 @@ def test_set_on_a_searched_key_is_refused(tmp_path: Path, capsys: pytest.Capture
     from kdray.sweep.run import load_sweep
 
     assert load_sweep(str(path), {"train.batch_size": 8}, None, None).train.batch_size == 8  # not searched: applied
+
+
+@pytest.mark.parametrize("startup", [2, 10])
+def test_startup_trials_is_where_tpe_starts_to_model_scores(tmp_path: Path, startup: int) -> None:
+    """Two studies with one seed and opposite scores propose the same samples while TPE is still in its random
+    start (``search.startup_trials``), and different ones once it models the scores."""
+    import optuna
+
+    from kdray.sweep.run import tpe_sampler
+
+    path = tmp_path / "opt.yaml"
+    path.write_text(GOOD + f"search:\n  mode: optuna\n  startup_trials: {startup}\n"
+                    "  space:\n    train.lr: {uniform: [1.0e-5, 1.0]}\n")
+    search = load_sweep_config(path).search
+    assert search.startup_trials == startup
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    proposals = []
+    for sign in (1.0, -1.0):
+        study = optuna.create_study(sampler=tpe_sampler(search), direction="maximize")
+        study.optimize(lambda t: sign * t.suggest_float("x", 0.0, 1.0), n_trials=4)
+        proposals.append([t.params["x"] for t in study.trials])
+    assert proposals[0][:2] == proposals[1][:2]  # inside either random start
+    assert (proposals[0][2:] == proposals[1][2:]) == (startup > 2)
+
+
+def test_startup_trials_below_one_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "opt.yaml"
+    path.write_text(GOOD + "search:\n  mode: optuna\n  startup_trials: 0\n  space:\n    train.lr: {uniform: [1.0e-5, 1.0]}\n")
+    with pytest.raises(ConfigError, match=r"search.startup_trials: Input should be greater than or equal to 1"):
+        load_sweep_config(path)

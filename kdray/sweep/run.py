@@ -289,7 +289,7 @@ def _search(sweep: SweepConfig, trials: list[Trial] | None, concurrent: int) -> 
 
         if search.multi_objective:
             metric, mode = [search.metric, "train_seconds"], [search.mode_direction, "min"]
-        sampler = optuna.samplers.TPESampler(seed=search.seed)
+        sampler = tpe_sampler(search)
         optuna_search = (OptunaSearch(metric=metric, mode=mode, sampler=sampler) if search.multi_objective
                          else OptunaSearch(sampler=sampler))  # single objective: metric from TuneConfig
         search_alg = ConcurrencyLimiter(optuna_search, max_concurrent=concurrent)
@@ -301,6 +301,13 @@ def _search(sweep: SweepConfig, trials: list[Trial] | None, concurrent: int) -> 
         num_samples=num_samples, max_concurrent_trials=concurrent, search_alg=search_alg,
         scheduler=scheduler, reuse_actors=reuse_actors(sweep),
         trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname)
+
+
+def tpe_sampler(search: Any) -> Any:
+    """The Optuna sampler of each task's study: TPE, seeded, after ``search.startup_trials`` random proposals."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.startup_trials)
 
 
 def _trial_dirname(trial: Any) -> str:
