@@ -30,7 +30,9 @@ NOT_SETTINGS: frozenset[str] = frozenset({
     "data.dir", "data.cache_dir", "teacher.cache_dir", "teacher.finetuned",  # where inputs are found
     "train.seeds",  # the sweep's seed list (adding a seed adds trials); the trial's own is train.seed
     "train.progress", "train.log_every", "train.checkpoint_every", "train.eval_batch_size",  # display, saving
-    "resources",  # where and on how many workers it runs: --resume with other resources continues the sweep
+    # where and on how many workers it runs: --resume with other resources continues the sweep (train.precision
+    # "auto" resolves by device, so a study that moves between GPU and CPU sets its precision explicitly)
+    "resources",
 })
 
 # Selector options only the named selectors read: a value pasted for one selector (the schedule search's best
