@@ -69,6 +69,21 @@ def test_pasted_schedule_changes_only_the_schedule_rows(tmp_path: Path, glue_dir
     check_recorded_settings(sweep_dir, _trials(path), "s")
 
 
+def test_a_weight_removed_from_selector_weights_is_a_difference(tmp_path: Path, glue_dir: Path) -> None:
+    """A mapping that is a value (``selector.weights``) is compared whole, not key by key (where a key only the
+    recorded side holds would not count)."""
+    path = _space(tmp_path, glue_dir, selector={"name": "fixed", "weights": {"finetune": 1.0, "response": 0.5}},
+                  search={"space": {"train.lr": {"grid": [1.0e-4]}}})
+    sweep_dir = tmp_path / "s"
+    sweep_dir.mkdir()
+    _record(sweep_dir, _trials(path))
+    doc = yaml.safe_load(path.read_text())
+    doc["selector"]["weights"] = {"finetune": 1.0}
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match=r'selector.weights: \{"finetune": 1.0, "response": 0.5\} -> \{"finetune": 1.0\}'):
+        check_recorded_settings(sweep_dir, _trials(path), "s")
+
+
 def test_a_key_only_one_side_holds_is_not_a_difference() -> None:
     assert differences({"a": 1, "old": 2}, {"a": 1, "new": 3}) == []
     assert differences({"a": 1, "b": "x"}, {"a": 2, "b": "x"}) == ["a: 1 -> 2"]

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from kdray.config import ConfigError, RunConfig
+from kdray.config_paths import flatten_overrides
 from kdray.results import TRIALS_FILE, remove_trials
 
 SETTINGS_COLUMN = "run_settings"
@@ -48,21 +49,11 @@ SELECTOR_OWNED: dict[str, tuple[str, ...]] = {
 SHOWN = 5  # differing keys and trials an error names
 
 
-def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, path + "."))
-        else:
-            out[path] = value
-    return out
-
-
 def run_settings(run: RunConfig) -> dict[str, Any]:
     """The run's settings that decide its result, as dotted keys (the JSON-compatible dump of the run, without
-    :data:`NOT_SETTINGS` and the :data:`SELECTOR_OWNED` options its selector does not read)."""
-    flat = _flatten(run.model_dump(mode="json"))
+    :data:`NOT_SETTINGS` and the :data:`SELECTOR_OWNED` options its selector does not read). Mappings that are
+    values themselves (``selector.weights``) stay whole, so a weight removed from one is a difference."""
+    flat = flatten_overrides(run.model_dump(mode="json"), RunConfig)
     unread = {f for f, owners in SELECTOR_OWNED.items() if run.selector.name not in owners}
     return {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in NOT_SETTINGS | unread)}
 
