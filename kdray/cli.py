@@ -92,7 +92,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from kdray.report import render
 
     text = render(args.results_dir, fmt=args.format, by=args.by, plots_dir=args.plots, out=args.out,
-                  paired=args.paired, against=args.against)
+                  paired=args.paired, against=args.against, avg_exclude=args.avg_exclude)
     if not args.out:
         print(text)
     return 0
@@ -286,6 +286,9 @@ def _add_result_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                         "such as all@none), paired by seed, with 95%% t-intervals: one table per METHOD")
     p.add_argument("--against", default=None, metavar="DIR",
                    help="add every trial's difference to the same trial key in the sweep folder DIR")
+    p.add_argument("--avg-exclude", default=None, metavar="TASK[,TASK]",
+                   help="show these tasks but leave them out of Avg and Retention (e.g. rte, a task whose "
+                        "teacher is near chance)")
     p.set_defaults(func=_cmd_report)
 
     p = add("export", help="copy a sweep's best student of a task (a transformers folder) out")

@@ -64,8 +64,20 @@ def _cell_stats(rows: pd.DataFrame, task: str) -> dict[str, Any]:
     }
 
 
-def _table_stats(trials: pd.DataFrame, by: str) -> tuple[list[tuple[str, ...]], list[str], dict, dict, list[str]]:
-    """Per (row label, task) statistics; row labels are tuples (method[, setting])."""
+def avg_exclusions(tasks: str | None) -> tuple[str, ...]:
+    """Parse ``--avg-exclude`` (comma-separated GLUE task names); ValueError naming the option otherwise."""
+    names = tuple(t.strip().lower() for t in (tasks or "").split(",") if t.strip())
+    unknown = [t for t in names if t not in TASK_LABELS]
+    if unknown:
+        raise ValueError(f"--avg-exclude: unknown task(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(TASK_LABELS)}")
+    return names
+
+
+def _table_stats(trials: pd.DataFrame, by: str, avg_exclude: tuple[str, ...] = ()
+                 ) -> tuple[list[tuple[str, ...]], list[str], dict, dict, list[str]]:
+    """Per (row label, task) statistics; row labels are tuples (method[, setting]). Tasks in ``avg_exclude``
+    keep their column but stay out of Avg and Retention (a task reported, not counted)."""
     group = grouper(by, trials)
     done = scored_trials(trials)
     tasks = sorted(set(done["task"]) | set(trials.loc[trials["teacher_score"].notna(), "task"]), key=task_order_key)
@@ -87,11 +99,12 @@ def _table_stats(trials: pd.DataFrame, by: str) -> tuple[list[tuple[str, ...]], 
             rows.append(key)
             for task, gt in g.groupby("task"):
                 cells[(key, task)] = _cell_stats(gt, str(task))
-    # average (GLUE convention: mean of per-task scores) only for rows that cover every task shown
+    # average (GLUE convention: mean of per-task scores) only for rows that cover every counted task shown
+    counted = [t for t in tasks if t not in avg_exclude]
     summary: dict[tuple[str, ...], dict[str, float]] = {}
     for key in rows:
-        means = [cells[(key, t)]["mean"] for t in tasks if (key, t) in cells]
-        summary[key] = {"avg": float(np.mean(means)) if means and len(means) == len(tasks) else math.nan}
+        means = [cells[(key, t)]["mean"] for t in counted if (key, t) in cells]
+        summary[key] = {"avg": float(np.mean(means)) if means and len(means) == len(counted) else math.nan}
     t_key = rows[0] if rows and rows[0][0] == TEACHER else None
     for key in rows:
         t_avg = summary[t_key]["avg"] if t_key else math.nan
@@ -100,9 +113,10 @@ def _table_stats(trials: pd.DataFrame, by: str) -> tuple[list[tuple[str, ...]], 
     return rows, tasks, cells, summary, label_cols
 
 
-def glue_table(trials: pd.DataFrame, by: str = "method") -> pd.DataFrame:
-    """Numbers behind the main table: per row, each task's mean/std/n (×100), avg and retention (%)."""
-    rows, tasks, cells, summary, label_cols = _table_stats(trials, by)
+def glue_table(trials: pd.DataFrame, by: str = "method", avg_exclude: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Numbers behind the main table: per row, each task's mean/std/n (×100), avg and retention (%)
+    (avg over the tasks not in ``avg_exclude``)."""
+    rows, tasks, cells, summary, label_cols = _table_stats(trials, by, avg_exclude)
     records = []
     for key in rows:
         rec: dict[str, Any] = dict(zip(label_cols, key))
@@ -148,11 +162,14 @@ def _escape_latex(s: str) -> str:
     return s
 
 
-def _footnotes(trials: pd.DataFrame, cells: dict, fmt: str = "md") -> list[str]:
+def _footnotes(trials: pd.DataFrame, tasks: list[str], avg_exclude: tuple[str, ...], fmt: str = "md") -> list[str]:
     bold = "" if fmt == "csv" else "; best non-teacher value in bold"  # a CSV cell has no bold
     notes = ["Dev-set scores ×100, mean ± sample std over seeds (± is the std of the task score, the mean "
              f"of the metrics shown); (n=k) marks fewer than 3 seeds{bold}."]
-    notes.append("Avg: mean of the task scores (GLUE convention), only for rows covering every task; "
+    left_out = [TASK_LABELS.get(t, t) for t in tasks if t in avg_exclude]
+    over = ("only for rows covering every task" if not left_out else
+            f"over every task but {', '.join(left_out)} (shown, not counted), only for rows covering those")
+    notes.append(f"Avg: mean of the task scores (GLUE convention), {over}; "
                  "Retention: Avg / Teacher Avg. Teacher: its task score only, one per distinct teacher.")
     errors = trials[trials["status"] == "ERROR"]
     if len(errors):
@@ -169,8 +186,8 @@ def _footnotes(trials: pd.DataFrame, cells: dict, fmt: str = "md") -> list[str]:
     return notes
 
 
-def _render_table(trials: pd.DataFrame, fmt: str, by: str) -> str:
-    rows, tasks, cells, summary, label_cols = _table_stats(trials, by)
+def _render_table(trials: pd.DataFrame, fmt: str, by: str, avg_exclude: tuple[str, ...] = ()) -> str:
+    rows, tasks, cells, summary, label_cols = _table_stats(trials, by, avg_exclude)
     headers = label_cols + [task_header(t) for t in tasks] + ["Avg", "Retention (%)"]
     best_task = {t: _best({k: cells[(k, t)]["mean"] for k in rows if (k, t) in cells}) for t in tasks}
     best_avg = _best({k: summary[k]["avg"] for k in rows})
@@ -185,7 +202,7 @@ def _render_table(trials: pd.DataFrame, fmt: str, by: str) -> str:
         line.append(("–" if math.isnan(avg) else f"{avg:.1f}", "", key in best_avg))
         line.append(("–" if math.isnan(ret) or key[0] == TEACHER else f"{ret:.1f}", "", key in best_ret))
         body.append(line)
-    notes = _footnotes(trials, cells, fmt)
+    notes = _footnotes(trials, tasks, avg_exclude, fmt)
     setting = label_cols[1] if len(label_cols) > 1 else None  # the grouping _table_stats resolved
     title = "Main results" if setting is None else f"Ablation by {setting if '.' in setting else setting.lower()}"
     if fmt == "md":
@@ -281,13 +298,15 @@ def _require_columns(trials: pd.DataFrame, results_dir: str | Path) -> None:
 
 
 def render(results_dir: str | Path, fmt: str = "md", by: str = "method", plots_dir: str | Path | None = None,
-           out: str | Path | None = None, paired: str | None = None, against: str | Path | None = None) -> str:
+           out: str | Path | None = None, paired: str | None = None, against: str | Path | None = None,
+           avg_exclude: str | None = None) -> str:
     """The report text for ``kdray report``; also writes it to ``out`` and plots to ``plots_dir`` when given.
     ``paired`` (a method) and ``against`` (another sweep folder) append paired-difference tables
-    (:mod:`kdray.paired`; md and LaTeX)."""
+    (:mod:`kdray.paired`; md and LaTeX); ``avg_exclude`` (comma-separated tasks) leaves tasks out of Avg."""
+    excluded = avg_exclusions(avg_exclude)  # bad names fail before any file is read
     trials, traces = load(results_dir)
     _require_columns(trials, results_dir)
-    text = _render_table(trials, fmt, by)
+    text = _render_table(trials, fmt, by, excluded)
     # md and LaTeX only: a second table would make the CSV unreadable as one frame (the Parquet files hold it all)
     selection = selection_table(trials, traces) if by == "method" and fmt != "csv" else pd.DataFrame()
     if not selection.empty:

@@ -214,6 +214,11 @@ def test_report_out_into_an_unwritable_place(tmp_path: Path, capsys: pytest.Capt
             max_lines=1)
 
 
+def test_report_avg_exclude_of_an_unknown_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    refused(["report", str(tmp_path), "--avg-exclude", "rte,wnli2"], capsys, "--avg-exclude", "wnli2",
+            "allowed: cola", max_lines=1)
+
+
 # --------------------------------------------------------------------------- 19.3 bad values before Ray
 
 

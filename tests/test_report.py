@@ -108,6 +108,28 @@ def test_markdown_table_cells(sweep: Path, tmp_path: Path) -> None:
     assert text.count("**") == 10  # exactly five best cells, all AC-Soft
 
 
+def test_avg_exclude_keeps_the_column_but_not_the_average(sweep: Path) -> None:
+    """A task reported but not counted (RTE with a chance-level teacher) leaves Avg and Retention, and the
+    footnote says which; a row missing only that task still gets its Avg."""
+    trials, _ = load(sweep)
+    t = glue_table(trials, avg_exclude=("rte",))
+    assert t.loc["Finetune", "rte"] == pytest.approx(62.0)  # still shown
+    assert t.loc["Finetune", "avg"] == pytest.approx((77 + 85) / 2)
+    assert t.loc["AC-Soft", "retention"] == pytest.approx((80 + 88) / (86 + 90) * 100)
+    partial = trials[~((trials["method"] == "finetune") & (trials["task"] == "rte"))]
+    assert glue_table(partial, avg_exclude=("rte",)).loc["Finetune", "avg"] == pytest.approx((77 + 85) / 2)
+    assert np.isnan(glue_table(partial).loc["Finetune", "avg"])  # without the option: RTE is missing
+    text = render(sweep, avg_exclude="rte")
+    assert "over every task but RTE (shown, not counted), only for rows covering those;" in text
+    finetune = next(ln for ln in text.splitlines() if ln.startswith("| Finetune |"))
+    assert finetune.endswith("| 62.0 ± 2.0 | 81.0 | 92.0 |")  # (77+85)/2, 81/88
+
+
+def test_avg_exclude_names_the_allowed_tasks(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"--avg-exclude: unknown task\(s\) rtee; allowed: cola, sst2"):
+        render(tmp_path / "nothing-here", avg_exclude="rtee")  # fails before any file is read
+
+
 def test_latex_and_csv(sweep: Path) -> None:
     tex = render(sweep, fmt="latex")
     assert r"\toprule" in tex and r"\bottomrule" in tex

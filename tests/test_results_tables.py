@@ -26,10 +26,12 @@ def test_readme_table_equals_report(study: Path) -> None:
         by = re.search(r"--by (\S+)", args)
         paired = re.search(r"--paired (\S+)", args)
         against = re.search(r"--against (\S+)", args)
+        avg_exclude = re.search(r"--avg-exclude (\S+)", args)
         named = (RESULTS.parent / target).resolve()
         # a block names the study or a folder inside it (e.g. its ablation sweep)
         assert named == study.resolve() or study.resolve() in named.parents, f"the block names {target}, not {study}"
         # a DIR:METHOD reference names its folder from the repository root, as the block's command does
         refs = ",".join(str(RESULTS.parent / r) if ":" in r else r for r in paired.group(1).split(",")) if paired else None
         assert table.strip() == render(named, by=by.group(1) if by else "method", paired=refs,
-                                       against=RESULTS.parent / against.group(1) if against else None).strip()
+                                       against=RESULTS.parent / against.group(1) if against else None,
+                                       avg_exclude=avg_exclude.group(1) if avg_exclude else None).strip()
