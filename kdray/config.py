@@ -127,6 +127,9 @@ class TrainConfig(StrictModel):
     log_every: int = Field(default=20, ge=1, le=MAX_STEPS)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 on GPUs that have it, else fp32;
     # bf16 also runs on CPUs (autocast), fp16 only on GPUs
+    # the live teacher's forward: same = train.precision; bf16 halves a frozen teacher's forward on GPUs and on CPUs
+    # with native bf16 while the student trains in fp32 (the teacher-output cache is built in fp32 either way)
+    teacher_precision: Literal["same", "fp32", "bf16", "fp16"] = "same"
     teacher_cache: bool = False  # precompute teacher outputs once and train without a teacher forward
     length_bucketing: bool = True  # batches of similar lengths: less padding with dynamic padding
     progress: bool = True  # tqdm bar in the foreground
@@ -189,6 +192,9 @@ class _RunSections(StrictModel):
         if self.train.precision == "fp16" and not self.resources.use_gpu:
             raise ValueError("train.precision: fp16 runs only on a GPU (resources.use_gpu: true); "
                              "on CPUs use bf16 or fp32 (allowed: auto, fp32, bf16, fp16)")
+        if self.train.teacher_precision == "fp16" and not self.resources.use_gpu:
+            raise ValueError("train.teacher_precision: fp16 runs only on a GPU (resources.use_gpu: true); "
+                             "on CPUs use bf16 or fp32 (allowed: same, fp32, bf16, fp16)")
         return self
 
 

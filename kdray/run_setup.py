@@ -114,11 +114,13 @@ def set_up(config: RunConfig, teacher_path: str | None = None) -> RunSetup:
     cache = _teacher_cache(config, teacher_path, models, selector, data, collate, device, rank, world)
     dtype = amp_dtype(tc.precision, device)
     autocast = autocast_for(device, dtype)
+    teacher_autocast = autocast if tc.teacher_precision == "same" else \
+        autocast_for(device, amp_dtype(tc.teacher_precision, device))
     return RunSetup(
         config=config, spec=spec, device=device, rank=rank, world=world, data=data, collate=collate, order=order,
         segments=[episode_steps] * n_episodes + [total_steps], teacher_path=teacher_path,
         teacher_score=teacher_score, selector=selector, models=models,
-        teacher_fn=teacher_source(models.teacher, cache, device, autocast), cache=cache,
+        teacher_fn=teacher_source(models.teacher, cache, device, teacher_autocast), cache=cache,
         reward_set=_reward_set(config, selector, data, collate, device), autocast=autocast, amp_dtype=dtype,
     )
 

@@ -67,3 +67,14 @@ def test_a_missing_textbrewer_is_a_clear_skip_reason(monkeypatch: pytest.MonkeyP
     assert "peers skipped" in out and "torchdistill 1.1.5 not run" in out
     with pytest.raises(RuntimeError, match="textbrewer is not installed"):
         peers.compare(SHAPES["tiny"], PAIRS["vanilla_kd"])
+
+
+def test_the_bf16_teacher_pair_changes_only_kdrays_teacher_forward() -> None:
+    pair = build_pair(SHAPES["tiny"], eager=False)
+    batch = synthetic_batches(SHAPES["tiny"], 1)[0]
+    cpu = torch.device("cpu")
+    rows = list(range(pair.shape.batch))
+    for name, dtype in (("vanilla_kd_bf16_teacher", torch.bfloat16), ("vanilla_kd", torch.float32)):
+        side = KdraySide(pair, pair.students[0], PAIRS[name], cpu, peers.step_autocast(cpu))
+        assert side.teacher_fn(batch, rows, frozenset(), frozenset()).logits.dtype == dtype
+        assert math.isfinite(float(side.step(batch).detach()))  # the fp32 student learns from the bf16 logits

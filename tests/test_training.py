@@ -94,6 +94,15 @@ def test_fp16_without_a_gpu_is_a_config_error() -> None:
     assert RunConfig.model_validate({"train": {"precision": "fp16"}, "resources": {"use_gpu": True}})
 
 
+def test_teacher_fp16_without_a_gpu_is_a_config_error() -> None:
+    from kdray.config import RunConfig
+
+    with pytest.raises(ValueError, match=r"train.teacher_precision: fp16 runs only on a GPU .*allowed: same, fp32"):
+        RunConfig.model_validate({"train": {"teacher_precision": "fp16"}})
+    with pytest.raises(ValueError, match="teacher_precision"):
+        RunConfig.model_validate({"train": {"teacher_precision": "half"}})
+
+
 @pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
 def test_bf16_runs_the_step_in_bf16_on_cpu(glue_dir: Path, tiny_teacher: str, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch, precision: str,
@@ -116,4 +125,38 @@ def test_bf16_runs_the_step_in_bf16_on_cpu(glue_dir: Path, tiny_teacher: str, tm
                                                       "train.precision": precision})
     result = train(config, teacher_path=tiny_teacher)
     assert seen and set(seen) == {dtype}
+    assert result.train_steps == 2 and math.isfinite(result.dev_score)
+
+
+@pytest.mark.parametrize("precision,teacher_precision,teacher_dtype,student_dtype", [
+    ("fp32", "bf16", torch.bfloat16, torch.float32),  # a bf16 teacher beside an fp32 student
+    ("bf16", "fp32", torch.float32, torch.bfloat16),
+    ("bf16", "same", torch.bfloat16, torch.bfloat16),
+])
+def test_teacher_precision_sets_only_the_teachers_forward(glue_dir: Path, tiny_teacher: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, precision: str,
+                                                          teacher_precision: str, teacher_dtype: torch.dtype,
+                                                          student_dtype: torch.dtype) -> None:
+    """Every kind's loss takes the teacher's outputs in the other precision, and the run stays finite."""
+    import kdray.run_setup as run_setup
+    from conftest import rte_run
+    from kdray.distill import train
+
+    seen: dict[str, set[torch.dtype]] = {"teacher": set(), "student": set()}
+
+    def spy(model: torch.nn.Module, who: str) -> torch.nn.Module:  # logits show the autocast the forward ran under
+        forward = model.forward
+        model.forward = lambda *a, **k: (out := forward(*a, **k), seen[who].add(out.logits.dtype))[0]
+        return model
+
+    real_teacher, real_student = run_setup.load_teacher, run_setup.build_student
+    monkeypatch.setattr(run_setup, "load_teacher", lambda *a, **k: spy(real_teacher(*a, **k), "teacher"))
+    monkeypatch.setattr(run_setup, "build_student", lambda *a, **k: spy(real_student(*a, **k), "student"))
+    config = rte_run(glue_dir, tmp_path / teacher_precision, **{
+        "selector.name": "all", "train.max_steps": 2, "train.precision": precision,
+        "train.teacher_precision": teacher_precision,
+        "knowledge.pool": ["finetune", "response", "feature", "relation", "attention", "embedding"]})
+    result = train(config, teacher_path=tiny_teacher)
+    assert seen["teacher"] == {teacher_dtype}
+    assert student_dtype in seen["student"]  # training forwards (eval forwards run without autocast)
     assert result.train_steps == 2 and math.isfinite(result.dev_score)

@@ -40,6 +40,7 @@ TARGETS: dict[str, tuple[float, float, str]] = {
     # issue #18: kdray's step against TextBrewer's on the same models and batches (``--peers`` only)
     "peer_vanilla_kd": (0.90, 0.10, "rel"),
     "peer_kd_hidden_attention": (0.70, 0.10, "rel"),
+    "peer_vanilla_kd_bf16_teacher": (0.90, 0.10, "rel"),  # the same target, reached by a bf16 teacher forward
 }
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from kdray.knowledge import build_knowledge
 from kdray.perf.pair import Pair
 from kdray.step import distill_step, teacher_source
+from kdray.training import autocast_for
 
 LR = 5e-5
 WEIGHT_DECAY = 0.01
@@ -42,6 +43,9 @@ class PeerPair:
     hard_labels: bool  # TextBrewer: hard-label loss from the model's own ``loss`` (labels in the batch)
     intermediate: bool  # TextBrewer: hidden_mse + attention_mse on kdray's mapped layers
     description: str
+    # kdray's live teacher forward in bf16 (``train.teacher_precision: bf16``) while both students keep the
+    # step's precision: a row that does the same work in other numerics, next to the same-precision rows
+    kdray_teacher_bf16: bool = False
 
 
 PAIRS: dict[str, PeerPair] = {
@@ -49,6 +53,10 @@ PAIRS: dict[str, PeerPair] = {
                            "logits KD + hard labels (SDPA attention)"),
     "kd_hidden_attention": PeerPair("kd_hidden_attention", ("response", "feature", "attention"), True, False, True,
                                     "logits KD + hidden MSE + attention MSE on the mapped layers (eager attention)"),
+    "vanilla_kd_bf16_teacher": PeerPair("vanilla_kd_bf16_teacher", ("finetune", "response"), False, True, False,
+                                        "logits KD + hard labels (SDPA attention); kdray's teacher forward in bf16 "
+                                        "(train.teacher_precision: bf16), TextBrewer's as the step's",
+                                        kdray_teacher_bf16=True),
 }
 
 
@@ -83,7 +91,8 @@ class KdraySide:
         self.knowledge = build_knowledge(self.pool, pair.context).to(device)
         self.optimizer, self.scheduler = adamw([*student.parameters(), *self.knowledge.parameters()])
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
-        self.teacher_fn = teacher_source(pair.teacher, None, device, autocast)
+        teacher_autocast = autocast_for(device, torch.bfloat16) if spec.kdray_teacher_bf16 else autocast
+        self.teacher_fn = teacher_source(pair.teacher, None, device, teacher_autocast)
         self.autocast = autocast
         self.rows = list(range(pair.shape.batch))
 
