@@ -153,7 +153,9 @@ class SelectorConfig(StrictModel):
     flip_prob: float = Field(default=0.2, ge=0, le=1)  # epsilon flips on hard actions (decays like noise)
     state_losses: bool = True  # append normalised per-kind losses to the state
     state_progress: bool = True  # append training progress to the state
-    trace_reward_set: bool = True  # score the reward set every phase for all selectors (traces, plots)
+    # score the reward set every phase for all selectors (traces, plots); false: only where a selector learns from
+    # it or its decisions read it (a learner's frozen final run otherwise skips it)
+    trace_reward_set: bool = True
     reward: RewardConfig = Field(default_factory=RewardConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # for name=schedule
     dynamic_kd: DynamicKDConfig = Field(default_factory=DynamicKDConfig)  # for name=dynamic_kd

@@ -219,7 +219,7 @@ class Loop:
         first = st.step + 2 - st.phase.count
         check_finite(mean_losses, self._where(), first, st.step + 1)
         after = self._reward_set_loss()
-        if self.setup.reward_set is not None:
+        if self._scores_reward_set():
             check_finite({"reward-set": after}, self._where(), first, st.step + 1)
         # the state at the next decision: this phase's last batch, from the step's own forward
         nxt = PhaseState(teacher_cls=result.teacher_cls, student_cls=result.student_cls, losses=mean_losses,
@@ -252,8 +252,15 @@ class Loop:
         if self.tensorboard is not None:
             self.tensorboard.close()
 
+    def _scores_reward_set(self) -> bool:
+        """Whether this phase scores the reward set: traces ask for it (``selector.trace_reward_set``), the
+        selector learns from it now, or its decisions read it; a frozen final run otherwise skips the work."""
+        selector = self.state.selector
+        return self.setup.reward_set is not None and (
+            self.setup.config.selector.trace_reward_set or selector.training or selector.reads_reward_set)
+
     def _reward_set_loss(self) -> float:
-        return reward_set_loss(self.setup, self.state)
+        return reward_set_loss(self.setup, self.state) if self._scores_reward_set() else math.nan
 
     def _evaluate(self, done: bool) -> dict[str, Any] | None:
         """Dev evaluation of the final run when due (its end, ``eval_every`` steps, or each epoch); the metrics."""

@@ -25,11 +25,12 @@ EXPECTED_STEP_ROWS = {"plain", "plain_eager", "all_live", "cached5", "all_cached
                       "cached4_no_relation", "ft_resp_vs_all_live", "unselected_kinds_overhead"}
 EXPECTED_SELECTOR_ROWS = {"phase_state", "phase_reward_set", "phase_decide", "phase_observe", "phase_total",
                           "overhead_ps1", "overhead_ps10", "overhead_ps50", "overhead_ps50_networks_only",
-                          "overhead_ps50_eval256", "bandit_default_ps50", "bandit_full_ps50"}
+                          "overhead_ps50_eval256", "bandit_default_ps50", "bandit_full_ps50", "bandit_untraced_ps50"}
 
 # (section, name) of each checked row -> the target key in kdray.bench.TARGETS
 CHECKS = {
     ("selector", "overhead_ps50"): "selector_ps50",
+    ("selector", "bandit_untraced_ps50"): "selector_untraced_ps50",
     ("step", "cached5"): "cached_vs_plain",
     ("step", "unselected_kinds_overhead"): "unselected_kinds_overhead",
     ("ray", "per_trial_overhead"): "ray_per_trial_s",
@@ -227,6 +228,9 @@ def test_paper_scale_setting_runs_every_model_row(tmp_path: Path) -> None:
     for name in ("bandit_default_ps50", "bandit_full_ps50"):  # its own work plus the reward set, over 50 steps
         own = rows[name].seconds
         assert own > 0 and rows[name].value == pytest.approx((own + reward_set) / 50 / plain)
+    untraced = rows["bandit_untraced_ps50"]  # the same decision without the reward set it no longer scores
+    assert untraced.seconds == rows["bandit_default_ps50"].seconds
+    assert untraced.value == pytest.approx(untraced.seconds / 50 / plain) and untraced.status in ("pass", "miss", "FAIL")
     # the full feature set runs a forward and one backward per kind: never cheaper than two scalars and an argmax
     assert rows["bandit_full_ps50"].seconds > rows["bandit_default_ps50"].seconds
 

@@ -120,3 +120,22 @@ def test_divergence_names_the_steps_and_the_kind(rte_config: Callable, tiny_teac
     errors = [line for line in err.splitlines() if line.startswith("kdray train: error:")]
     assert code != 0 and "Traceback" not in err and len(errors) == 1
     assert "went non-finite" in errors[0] and "steps 1-3" in errors[0] and err.rstrip().endswith(errors[0])
+
+
+@pytest.mark.parametrize("trace, features, final_scored", [
+    (False, ["progress", "lr"], False),  # a frozen final run that nothing reads the score from skips it
+    (False, ["progress", "lr", "holdout"], True),  # its decisions read the score
+    (True, ["progress", "lr"], True),  # the traces ask for it (the default)
+])
+def test_a_frozen_final_run_scores_the_reward_set_only_when_something_reads_it(
+        rte_config: Callable, tiny_teacher: str, tmp_path: Path, trace: bool, features: list[str],
+        final_scored: bool) -> None:
+    cfg = rte_config(tmp_path / "run", **{"selector.name": "bandit", "selector.episodes": 1,
+                                          "selector.episode_steps": 6, "train.max_steps": 6,
+                                          "selector.trace_reward_set": trace, "selector.bandit.features": features})
+    loop = _run(Loop(set_up(cfg, tiny_teacher)))
+    stage1 = [t["reward_set_loss"] for t in loop.state.traces if t["episode"] == 0]
+    final = [t["reward_set_loss"] for t in loop.state.traces if t["episode"] == -1]
+    assert stage1 and all(math.isfinite(v) for v in stage1)  # the learner's reward: always scored
+    assert final and all(math.isfinite(v) == final_scored for v in final)
+    assert loop.state.selector.training is False  # stage2: frozen (the default)

@@ -109,7 +109,8 @@ def bandit_decide_cost(s: BenchSetup, live: Any, groups: list[str]) -> float:
 
 
 def bandit_rows(s: BenchSetup, live: Any, plain: float, reward_set: float) -> list[Row]:
-    """The bandit's stage-2 overhead at phase_steps 50, with its default and its full feature set."""
+    """The bandit's stage-2 overhead at phase_steps 50, with its default and its full feature set, and with
+    its default features and ``selector.trace_reward_set: false`` (nothing then reads the reward set: skipped)."""
     sz = s.sizes
     out = []
     for name, groups in BANDIT_FEATURES.items():
@@ -119,6 +120,13 @@ def bandit_rows(s: BenchSetup, live: Any, plain: float, reward_set: float) -> li
                        share, repeats=sz.phases,
                        note=f"KS-Bandit, stage 2, features {'+'.join(groups)}: features and decision "
                             f"{own * 1000:.0f} ms/phase plus the reward set, amortised over phase_steps 50"))
+        if name == "default":
+            untraced = own / 50 / plain
+            row = Row("selector", "bandit_untraced_ps50", sz.model, sz.batch, sz.seq_len, own, untraced,
+                      "x plain step", untraced, repeats=sz.phases,
+                      note=f"the same with selector.trace_reward_set: false: a frozen final run whose features do "
+                           f"not read the reward set skips scoring it; {own * 1000:.0f} ms/phase over 50 steps")
+            out.append(check(row, "selector_untraced_ps50", untraced))
     return out
 
 

@@ -280,6 +280,11 @@ class BanditSelector(Selector):
         after = outcome.reward_set_loss_after if outcome is not None else math.nan
         return self._record(step, branches[0][0], float(targets[0]), predicted[0], after, extra)
 
+    @property
+    def reads_reward_set(self) -> bool:
+        """The ``holdout`` feature group is the reward-set loss and its last change."""
+        return "holdout" in self.groups
+
     def observe(self, outcome: PhaseOutcome) -> PhaseRecord:
         """Unpaired path: the executed weighting's reward-set loss drop is the target (stage 2 records only)."""
         if self._pending is None:

@@ -100,6 +100,12 @@ class Selector(ABC):
     #: stage 1 (training episodes) is meaningful for this selector
     learns: bool = False
 
+    @property
+    def reads_reward_set(self) -> bool:
+        """Whether a decision reads the reward-set loss (a state feature), so the loop must score it even
+        when nothing learns from it and traces do not ask for it."""
+        return False
+
     def __init__(self, pool: list[str], config: SelectorConfig, seed: int = 0) -> None:
         self.pool = list(pool)
         self.config = config
