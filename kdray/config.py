@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -189,12 +189,11 @@ class _RunSections(StrictModel):
 
     @model_validator(mode="after")
     def _precision_fits_device(self) -> "_RunSections":
-        if self.train.precision == "fp16" and not self.resources.use_gpu:
-            raise ValueError("train.precision: fp16 runs only on a GPU (resources.use_gpu: true); "
-                             "on CPUs use bf16 or fp32 (allowed: auto, fp32, bf16, fp16)")
-        if self.train.teacher_precision == "fp16" and not self.resources.use_gpu:
-            raise ValueError("train.teacher_precision: fp16 runs only on a GPU (resources.use_gpu: true); "
-                             "on CPUs use bf16 or fp32 (allowed: same, fp32, bf16, fp16)")
+        for key in ("precision", "teacher_precision"):
+            if getattr(self.train, key) == "fp16" and not self.resources.use_gpu:
+                allowed = ", ".join(get_args(TrainConfig.model_fields[key].annotation))
+                raise ValueError(f"train.{key}: fp16 runs only on a GPU (resources.use_gpu: true); "
+                                 f"on CPUs use bf16 or fp32 (allowed: {allowed})")
         return self
 
 
