@@ -306,6 +306,16 @@ def recorded_scores(sweep_dir: str, trial_id: str) -> dict[str, float] | None:
     return None
 
 
+def finished_ids(sweep_dir: str) -> set[str]:
+    """The trial ids trials.parquet holds as finished or failed: the trials a resumed grid does not run again
+    (:func:`recorded_scores` answers for one of them; a URI storage has no local file, so none)."""
+    path = Path(sweep_dir) / TRIALS_FILE
+    if "://" in sweep_dir or not path.is_file():
+        return set()
+    table = pq.read_table(path, columns=["trial_id", "status"]).to_pylist()
+    return {str(row["trial_id"]) for row in table if row["status"] in ("TERMINATED", "ERROR")}
+
+
 def kept_student(sweep_dir: str | Path, task: str) -> dict[str, Any] | None:
     """The row (``student_path``, ``dev_score``) of ``task``'s kept student: a recorded student folder that still
     exists (the recorder deletes the folders of students a better one replaced); None when there is none."""

@@ -172,3 +172,27 @@ def test_rerun_changed_is_refused_for_optuna_and_uri_storage(tmp_path: Path, glu
     path.write_text(yaml.safe_dump(doc))
     assert run_sweep(str(path), storage=str(tmp_path / "runs"), rerun_changed=True) == 2
     assert "--rerun-changed applies to grid sweeps" in capsys.readouterr().err
+
+
+def test_resume_prepares_teachers_only_for_trials_left_to_run(tmp_path: Path, glue_dir: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A fresh machine restoring a study's Parquet files must not fine-tune the teacher of a task whose every
+    trial is recorded (the study's CoLA teacher took 10 minutes for trials that all skip). A trial recorded as
+    ERROR is not run again either; one STOPPED early (by ASHA) is, so it keeps its teacher."""
+    from kdray.sweep.run import stage_runs, unfinished
+    from kdray.sweep.teachers import teacher_id
+
+    trials = _trials(_space(tmp_path, glue_dir))
+    rte = [t for t in trials if t.task == "rte"]
+    mrpc = [t for t in trials if t.task == "mrpc"]
+    sweep_dir = tmp_path / "s"
+    assert unfinished(trials, str(sweep_dir)) == trials and unfinished(None, str(sweep_dir)) is None
+    _record(sweep_dir, rte[:-1])
+    append_trials(sweep_dir, [trial_row("s", rte[-1].key, {"task": "rte"}, status="ERROR", error="NaN loss"),
+                              trial_row("s", mrpc[0].key, {"task": "mrpc"}, status="STOPPED")])
+    left = unfinished(trials, str(sweep_dir))
+    assert [t.key for t in left] == [t.key for t in mrpc]
+    assert f"{len(rte)} of {len(trials)} trial(s) already recorded" in capsys.readouterr().out
+    assert {r.task for r in stage_runs(load_sweep(str(tmp_path / "space.yaml"), None, None, None), left)} == {"mrpc"}
+    assert len({teacher_id(t.run) for t in left}) == 1
+    assert unfinished(trials, "s3://bucket/s") == trials  # no local record on a URI storage: everything runs

@@ -154,6 +154,19 @@ def stage_runs(sweep: SweepConfig, trials: list[Trial] | None) -> list[RunConfig
     return [sweep.trial_run(task, {"train.seed": sweep.train.seeds[0]}, f"task {task}") for task in sweep.tasks]
 
 
+def unfinished(trials: list[Trial] | None, sweep_dir: str) -> list[Trial] | None:
+    """The grid trials a resumed sweep still runs: a task whose every trial is recorded needs no teacher (on a
+    fresh machine that saves its fine-tune); None (an Optuna sweep) stays None."""
+    if trials is None:
+        return None
+    done = results.finished_ids(sweep_dir)
+    left = [t for t in trials if t.key not in done]
+    if len(left) < len(trials):
+        print(f"[kdray] {len(trials) - len(left)} of {len(trials)} trial(s) already recorded: "
+              "they are not run again, and only the others' teachers are prepared", flush=True)
+    return left
+
+
 def _on_ray(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is_uri: bool, address: str | None,
             resume: bool, max_concurrent: int | None, rerun_changed: bool = False) -> int:
     """Take the sweep's lock, start (or join) Ray, run the sweep; the exit code of :func:`run_sweep`."""
@@ -219,7 +232,7 @@ def _run_tuners(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is
     sweep_dir = sweep_folder(storage, sweep.name)
     concurrent = max_concurrent_trials(sweep, ray.cluster_resources(), max_concurrent)
     root = teacher_root(sweep, storage, is_uri)
-    teachers = teacher_stage(sweep, stage_runs(sweep, trials), root, local=address is None)
+    teachers = teacher_stage(sweep, stage_runs(sweep, unfinished(trials, sweep_dir)), root, local=address is None)
     trials_dir = (f"{sweep_dir}/trials" if not is_uri
                   else str(Path(tempfile.gettempdir()) / "kdray_trials" / sweep.name))
     print(f"[kdray] watch it: {tensorboard_command(Path(trials_dir).parent)}", flush=True)
