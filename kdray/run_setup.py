@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,7 +30,8 @@ from kdray.selection.base import Selector, build_selector
 from kdray.step import TeacherFn, teacher_source
 from kdray.teacher import get_teacher
 from kdray.teacher_outputs import TeacherOutputCache, build_teacher_cache, cache_key
-from kdray.training import Autocast, amp_dtype, autocast_for, evaluate, pick_device, seed_everything, weight_files
+from kdray.training import (Autocast, amp_dtype, autocast_for, evaluate, pick_device, seed_everything,
+                            slow_bf16_warning, weight_files)
 
 
 @dataclass
@@ -113,6 +115,9 @@ def set_up(config: RunConfig, teacher_path: str | None = None) -> RunSetup:
     models = _models(config, spec, teacher, selector, device, world)
     cache = _teacher_cache(config, teacher_path, models, selector, data, collate, device, rank, world)
     dtype = amp_dtype(tc.precision, device)
+    slow = slow_bf16_warning([tc], device) if rank == 0 else None
+    if slow:
+        print(slow, file=sys.stderr, flush=True)
     autocast = autocast_for(device, dtype)
     teacher_autocast = autocast if tc.teacher_precision == "same" else \
         autocast_for(device, amp_dtype(tc.teacher_precision, device))

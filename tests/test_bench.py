@@ -195,18 +195,25 @@ def test_write_puts_every_row_and_the_meta_in_parquet(tmp_path: Path) -> None:
     assert df["noise_limit"].iloc[0] == pytest.approx(1.3) and (tmp_path / "out" / "bench.md").read_text() == "# md\n"
 
 
-def test_precision_rows_time_bf16_against_fp32_on_cpu(tmp_path: Path) -> None:
+def test_precision_rows_time_bf16_against_fp32_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bf16 rows on a CPU with a fast bf16 path; on one without (AVX2: torch's fallback ran a bf16 matmul ~90x
+    slower than fp32) they are skipped with a line that says why, not timed for minutes."""
     import torch
 
-    from kdray.bench.model import Stepper, precision_rows
+    from kdray.bench import model
     from kdray.bench.rows import Sizes
     from kdray.bench.setup import BenchSetup
 
     s = BenchSetup(Sizes("tiny-bert[2/4]", "tiny-bert", 2, 4, 16, 0, 2, 1, 8), tmp_path, torch.device("cpu"))
     cache, *_ = s.build_cache()
-    rows = precision_rows(s, Stepper(s, cache), 1.0, lambda _: None)
+    monkeypatch.setattr(model, "bf16_is_slow_here", lambda device: False)
+    rows = model.precision_rows(s, model.Stepper(s, cache), 1.0, lambda _: None)
     assert [r.name for r in rows] == ["plain_bf16", "vanilla_kd_live_bf16"]
     assert all(r.unit == "x fp32" and r.value > 0 and math.isfinite(r.ratio_q25) for r in rows)
+    monkeypatch.setattr(model, "bf16_is_slow_here", lambda device: True)
+    said: list[str] = []
+    assert model.precision_rows(s, model.Stepper(s, cache), 1.0, said.append) == []
+    assert len(said) == 1 and "skipped" in said[0] and "no oneDNN bf16 path" in said[0]
 
 
 def test_paper_scale_setting_runs_every_model_row(tmp_path: Path) -> None:

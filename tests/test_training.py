@@ -105,11 +105,15 @@ def test_teacher_fp16_without_a_gpu_is_a_config_error() -> None:
 
 @pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
 def test_bf16_runs_the_step_in_bf16_on_cpu(glue_dir: Path, tiny_teacher: str, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch, precision: str,
-                                           dtype: torch.dtype) -> None:
+                                           monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+                                           precision: str, dtype: torch.dtype) -> None:
+    """bf16 is honoured on a CPU, and on one without a fast bf16 path the run says so (stderr) and still runs."""
     import kdray.run_setup as run_setup
+    import kdray.training as training
     from conftest import rte_run
     from kdray.distill import train
+
+    monkeypatch.setattr(training, "bf16_is_slow_here", lambda device: True)  # as on an AVX2-only CPU
 
     seen: list[torch.dtype] = []
     real = run_setup.load_teacher
@@ -126,6 +130,38 @@ def test_bf16_runs_the_step_in_bf16_on_cpu(glue_dir: Path, tiny_teacher: str, tm
     result = train(config, teacher_path=tiny_teacher)
     assert seen and set(seen) == {dtype}
     assert result.train_steps == 2 and math.isfinite(result.dev_score)
+    warned = "train.precision: bf16 on this CPU" in capfd.readouterr().err
+    assert warned == (precision == "bf16")
+
+
+def test_slow_bf16_is_named_before_a_local_sweep_starts(glue_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capfd: pytest.CaptureFixture[str]) -> None:
+    """An AVX2-only CPU ran a bf16 matmul at 0.8 GFLOP/s against 70 in fp32: a bf16 study there would crawl,
+    so a local sweep names the keys and the fix before Ray starts; fp32, GPU runs and a cluster driver are quiet."""
+    import yaml
+
+    import kdray.training as training
+    from kdray.config import TrainConfig
+    from kdray.sweep.run import run_sweep
+
+    assert training.bf16_is_slow_here(torch.device("cuda")) is False  # a GPU has its own bf16
+    assert isinstance(training.bf16_is_slow_here(torch.device("cpu")), bool)  # torch's own query, here
+    monkeypatch.setattr(training, "bf16_is_slow_here", lambda device: True)
+    both = training.slow_bf16_warning([TrainConfig(precision="bf16"), TrainConfig(teacher_precision="bf16")],
+                                      torch.device("cpu"))
+    assert both and "train.precision and train.teacher_precision" in both and "--set train.precision=fp32" in both
+    assert training.slow_bf16_warning([TrainConfig(precision="fp32")], torch.device("cpu")) is None
+    doc = {"name": "p", "tasks": ["rte"], "data": {"source": "local", "dir": str(glue_dir), "max_train_samples": 32},
+           "teacher": {"model": "tiny-bert", "epochs": 1}, "train": {"max_steps": 2, "precision": "bf16"},
+           "search": {"mode": "grid", "space": {"selector.name": {"grid": ["finetune"]}}}}
+    space = tmp_path / "p.yaml"
+    space.write_text(yaml.safe_dump(doc))
+    for overrides, address, expected in [(None, None, True), ({"train.precision": "fp32"}, None, False),
+                                         ({"resources.use_gpu": True}, None, False), (None, "auto", False)]:
+        assert run_sweep(str(space), address=address, storage=str(tmp_path / "runs"), dry_run=True,
+                         overrides=overrides) == 0
+        assert ("bf16 on this CPU" in capfd.readouterr().err) == expected, (overrides, address)
 
 
 @pytest.mark.parametrize("precision,teacher_precision,teacher_dtype,student_dtype", [

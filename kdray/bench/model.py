@@ -20,7 +20,7 @@ from kdray.bench.setup import BenchModels, BenchSetup
 from kdray.perf.flops import GemmPeak, step_efficiency
 from kdray.perf.timing import Timing, clock, interleaved, paired_ratio
 from kdray.step import distill_step, teacher_source
-from kdray.training import Autocast, autocast_for
+from kdray.training import Autocast, autocast_for, bf16_is_slow_here
 
 Log = Callable[[str], None]
 
@@ -160,6 +160,10 @@ def precision_rows(s: BenchSetup, stepper: Stepper, plain_s: float, log: Log) ->
     """``train.precision: bf16`` on a CPU (autocast, teacher forward included) against fp32, interleaved:
     the plain step and vanilla KD with a live teacher. None on a GPU, where the steps already run in bf16."""
     if s.device.type != "cpu":
+        return []
+    if bf16_is_slow_here(s.device):  # one MiniLM bf16 step would take minutes on torch's fallback
+        log(f"  train.precision bf16: skipped, this CPU ({torch.backends.cpu.get_cpu_capability()}) has no oneDNN "
+            "bf16 path (kdray.training.bf16_is_slow_here)")
         return []
     sz, bf16 = s.sizes, autocast_for(s.device, torch.bfloat16)
     configs = step_configs(s)

@@ -81,6 +81,8 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
                               "Tune id, so nothing recorded matches the file's trials)")
         preflight(sweep, trials, storage, is_uri, resume or rerun_changed or teachers_only, rerun_changed)
         check_logging(sweep)
+        if address is None:  # trials run on this machine: say now if its CPU makes bf16 crawl
+            warn_slow_bf16(sweep, trials)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return 2
@@ -152,6 +154,19 @@ def stage_runs(sweep: SweepConfig, trials: list[Trial] | None) -> list[RunConfig
     if trials is not None:
         return [t.run for t in trials]
     return [sweep.trial_run(task, {"train.seed": sweep.train.seeds[0]}, f"task {task}") for task in sweep.tasks]
+
+
+def warn_slow_bf16(sweep: SweepConfig, trials: list[Trial] | None) -> None:
+    """Print, before Ray starts, that the runs' bf16 would crawl on this machine's CPU (GPU runs are exempt)."""
+    if sweep.resources.use_gpu:
+        return
+    import torch
+
+    from kdray.training import slow_bf16_warning
+
+    warning = slow_bf16_warning([r.train for r in stage_runs(sweep, trials)], torch.device("cpu"))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
 
 def unfinished(trials: list[Trial] | None, sweep_dir: str) -> list[Trial] | None:
