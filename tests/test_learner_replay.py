@@ -119,3 +119,11 @@ def test_committed_learners_reproduce_the_numbers_the_study_readme_quotes() -> N
     assert pooled(summarise(learners, {"pairwise": True}), "all") == [0.07, 0.18, 0.20, 0.13, 0.43]
     assert pooled(summarise(learners, {"features": ["progress"]}), "all") == [0.24, 0.03, 0.15, 0.16, 0.51]
     assert pooled(summarise(learners, {"features": []}), "all") == [0.16, -0.05, 0.13, 0.17, 0.39]
+    # the learner's prior and warm-up do not change the picture (stop 28; the STS-B section quotes MRPC, STS-B)
+    for options, every, decided in [({"prior_precision": 1.0}, [0.09, 0.18, 0.15, 0.16, 0.44],
+                                     [0.26, 0.26, 0.44, -0.08, 0.78]),
+                                    ({"prior_precision": 100.0}, [0.12, 0.21, 0.24, 0.14, 0.38],
+                                     [0.35, 0.38, 0.36, 0.08, 0.60]),
+                                    ({"warmup": 0}, [0.08, 0.22, 0.24, 0.18, 0.41], [0.33, 0.33, 0.52, -0.01, 0.74])]:
+        table = summarise(learners, options)
+        assert pooled(table, "all") == every and pooled(table, "decided") == decided, options
