@@ -289,6 +289,10 @@ def mirror_to_uri(sweep_dir: str | Path, uri: str) -> list[str]:
     return written
 
 
+# the statuses of a recorded trial that a resumed grid does not run again (a STOPPED one, ended early, runs again)
+FINISHED_STATUSES = ("TERMINATED", "ERROR")
+
+
 def recorded_scores(sweep_dir: str, trial_id: str) -> dict[str, float] | None:
     """The search metrics (:data:`~kdray.records.SEARCH_METRICS`) of ``trial_id`` if trials.parquet already holds
     it as finished or failed, else None; a column an older file lacks is NaN.
@@ -301,7 +305,7 @@ def recorded_scores(sweep_dir: str, trial_id: str) -> dict[str, float] | None:
         return None
     present = [m for m in SEARCH_METRICS if m in pq.read_schema(path).names]
     for row in pq.read_table(path, columns=["trial_id", "status", *present]).to_pylist():
-        if row["trial_id"] == trial_id and row["status"] in ("TERMINATED", "ERROR"):
+        if row["trial_id"] == trial_id and row["status"] in FINISHED_STATUSES:
             return {m: float(row[m]) if row.get(m) is not None else math.nan for m in SEARCH_METRICS}
     return None
 
@@ -313,7 +317,7 @@ def finished_ids(sweep_dir: str) -> set[str]:
     if "://" in sweep_dir or not path.is_file():
         return set()
     table = pq.read_table(path, columns=["trial_id", "status"]).to_pylist()
-    return {str(row["trial_id"]) for row in table if row["status"] in ("TERMINATED", "ERROR")}
+    return {str(row["trial_id"]) for row in table if row["status"] in FINISHED_STATUSES}
 
 
 def kept_student(sweep_dir: str | Path, task: str) -> dict[str, Any] | None:
