@@ -121,9 +121,27 @@ def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+FUSED_ADAMW_DEVICES = frozenset({"cpu", "cuda"})
+
+
+def fused_adamw_applies(params: Iterable[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW can take ``params``: floating point, all on one CPU or CUDA device.
+
+    The fused kernel updates each tensor in one pass instead of a dozen elementwise ops; on one CPU core the
+    3-layer MiniLM student's step took 182 ms unfused (torch's CPU default) against 24 ms fused, a sixth of
+    the whole training step there (README, Performance, "The optimizer step").
+    """
+    devices = {(p.device.type, p.device.index) for p in params}
+    return (len(devices) == 1 and next(iter(devices))[0] in FUSED_ADAMW_DEVICES
+            and all(p.is_floating_point() for p in params))
+
+
 def adamw(modules: Iterable[nn.Module], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` of ``modules`` (student and knowledge projections, or a teacher)."""
-    return torch.optim.AdamW(param_groups(modules, weight_decay), lr=lr)
+    """AdamW over :func:`param_groups` of ``modules`` (student and knowledge projections, or a teacher), fused
+    where torch has the kernel (:func:`fused_adamw_applies`)."""
+    groups = param_groups(modules, weight_decay)
+    params = [p for group in groups for p in group["params"]]
+    return torch.optim.AdamW(groups, lr=lr, fused=fused_adamw_applies(params) or None)
 
 
 def linear_schedule(

@@ -7,10 +7,11 @@ student's loss on the held-out train slice, as in a sweep. After stage 1 the sel
 corrupted kind a lower mean weight than the other kinds' mean: by at least 0.1 on average over four seeds, and
 in at least three of them. One seed may miss: the critic learns from a handful of noisy phases, and which
 seed is unlucky moves with any change to the loop. Measured with this set-up (teacher-output cache, 32
-tokens) over seeds 1-8: 8 of 8 positive, mean margin 0.33 (seeds 1-4: 0.06, 0.46, 0.17, 0.92); the earlier
+tokens, fused AdamW) over seeds 1-8: 7 of 8 positive (seed 5: -0.09), mean margin 0.30 (seeds 1-4: 0.13, 0.48,
+0.06, 0.55); with torch's per-tensor AdamW, whose rounding differs, it was 8 of 8, mean 0.33. The earlier
 set-up (live teacher, 48 tokens, six seeds) measured 9 of 10 positive, mean 0.30, at about three times the
-cost (measured back to back on the 2-core box: 316 s before, 112 s now; under a load of 6 the earlier
-set-up hit the 600-s timeout). A uniform selector's margin is 0 and a random one's is noise (seeds 1-4:
+cost (measured back to back on the 2-core box: 316 s before, 112 s with the cache, 87 s with the fused AdamW;
+under a load of 6 the earlier set-up hit the 600-s timeout). A uniform selector's margin is 0 and a random one's is noise (seeds 1-4:
 0.15, 0.06, -0.01, 0.01, mean 0.05), and the control test checks that both fail the criterion, so the test
 measures learning, not the pool's layout.
 """
