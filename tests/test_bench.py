@@ -176,6 +176,41 @@ def test_peer_rows_say_why_when_textbrewer_is_missing(monkeypatch: pytest.Monkey
     assert "not installed" in rows[0].note and "torchvision" in rows[1].note and not rows[0].status
 
 
+class _Compared(Exception):
+    """Raised by a stand-in for ``compare``: the pair reached the timing (which these tests do not run)."""
+
+
+def test_the_bf16_teacher_pair_is_skipped_where_bf16_is_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an AVX2-only CPU the bf16-teacher pair measured 2.73x TextBrewer: torch's bf16 fallback, not kdray. There
+    it is a skipped row saying why; where bf16 is fast the pair is timed (reaches ``compare``)."""
+    import torch
+
+    import kdray.bench.peers as bench_peers
+    from kdray.perf.sides import PAIRS
+
+    def compare(shape, spec, *args, **kwargs):
+        raise _Compared(spec)
+
+    bf16_pairs = {n: s for n, s in PAIRS.items() if s.kdray_teacher_bf16}
+    assert list(bf16_pairs) == ["vanilla_kd_bf16_teacher"]
+    monkeypatch.setattr(bench_peers, "textbrewer_missing", lambda: None)
+    monkeypatch.setattr(bench_peers, "compare", compare)
+    monkeypatch.setattr(bench_peers, "PAIRS", bf16_pairs)
+    monkeypatch.setattr(bench_peers, "bf16_is_slow_here", lambda device: True)
+    said: list[str] = []
+    rows = bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, said.append)
+    assert [r.name for r in rows] == ["vanilla_kd_bf16_teacher_skipped", "torchdistill_skipped"]
+    assert "no oneDNN bf16 path" in rows[0].note and not rows[0].status and any("skipped" in s for s in said)
+    monkeypatch.setattr(bench_peers, "bf16_is_slow_here", lambda device: False)
+    with pytest.raises(_Compared):
+        bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, said.append)
+    # the same-precision pairs are timed whatever the CPU's bf16
+    monkeypatch.setattr(bench_peers, "PAIRS", {n: s for n, s in PAIRS.items() if not s.kdray_teacher_bf16})
+    monkeypatch.setattr(bench_peers, "bf16_is_slow_here", lambda device: True)
+    with pytest.raises(_Compared):
+        bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, said.append)
+
+
 def test_run_bench_rejects_an_unknown_scale() -> None:
     from kdray.bench import run_bench
 

@@ -3,8 +3,9 @@
 The pairs and both sides are :mod:`kdray.perf.sides`; :func:`kdray.perf.peers.compare` times them
 interleaved (A B, B A, ...). Each row's value is kdray / TextBrewer (below 1: kdray is faster), checked
 against the issue #18 targets with the margin rule of :mod:`kdray.bench.rows` (the per-round ratios'
-quartiles are the spread). When TextBrewer is not importable, one row says why; torchdistill is never run
-here and its row says why (:data:`kdray.perf.peers.TORCHDISTILL_SKIP`).
+quartiles are the spread). When TextBrewer is not importable, one row says why; so does the bf16-teacher pair on
+a CPU without a fast bf16 path; torchdistill is never run here and its row says why
+(:data:`kdray.perf.peers.TORCHDISTILL_SKIP`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from kdray.perf.flops import GemmPeak
 from kdray.perf.pair import SHAPES, Shape
 from kdray.perf.peers import TORCHDISTILL_SKIP, compare
 from kdray.perf.sides import PAIRS, textbrewer_missing
+from kdray.training import bf16_is_slow_here
 
 # the shape each bench scale compares at (random-init teacher and student of the named sizes)
 PEER_SHAPES: dict[str, Shape] = {
@@ -44,6 +46,12 @@ def peer_rows(scale: str, repeats: int, warmup: int, device: torch.device, peak:
         log(f"  peers: textbrewer skipped: {reason}")
         rows.append(Row("peers", "textbrewer_skipped", model, shape.batch, shape.seq_len, note=reason))
     for name, spec in ({} if reason else PAIRS).items():
+        if spec.kdray_teacher_bf16 and bf16_is_slow_here(device):
+            why = (f"skipped: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no oneDNN bf16 path, so the "
+                   "bf16 teacher would time torch's slow fallback, not kdray (kdray.training.bf16_is_slow_here)")
+            log(f"  peers {name}: {why}")
+            rows.append(Row("peers", f"{name}_skipped", model, shape.batch, shape.seq_len, note=why))
+            continue
         r = compare(shape, spec, repeats, warmup, device, peak)
         row = Row("peers", name, model, shape.batch, shape.seq_len, r.kdray.median, r.ratio, "x textbrewer", r.ratio,
                   repeats=r.kdray.repeats, spread=r.kdray.spread, ratio_q25=r.paired.q25, ratio_q75=r.paired.q75,
