@@ -11,9 +11,9 @@ tokens, fused AdamW) over seeds 1-8: 7 of 8 positive (seed 5: -0.09), mean margi
 0.06, 0.55); with torch's per-tensor AdamW, whose rounding differs, it was 8 of 8, mean 0.33. The earlier
 set-up (live teacher, 48 tokens, six seeds) measured 9 of 10 positive, mean 0.30, at about three times the
 cost (measured back to back on the 2-core box: 316 s before, 112 s with the cache, 87 s with the fused AdamW;
-under a load of 6 the earlier set-up hit the 600-s timeout). A uniform selector's margin is 0 and a random one's is noise (seeds 1-4:
-0.15, 0.06, -0.01, 0.01, mean 0.05), and the control test checks that both fail the criterion, so the test
-measures learning, not the pool's layout.
+under a load of 6 the earlier set-up hit the 600-s timeout). A uniform selector's margin is 0 and a random
+one's is noise (seeds 1-4: 0.15, 0.06, -0.01, 0.01, mean 0.05), and the control test checks that both fail
+the criterion, so the test measures learning, not the pool's layout.
 """
 
 from __future__ import annotations

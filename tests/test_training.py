@@ -11,8 +11,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, get_linear_schedule_with_warmup
 
 from kdray.knowledge import KnowledgeContext, build_knowledge
-from kdray.training import (adamw, amp_dtype, canonical_metrics, fused_adamw_applies, linear_schedule, param_groups,
-                            split_metrics, weight_files)
+from kdray.training import (adamw, amp_dtype, build_adamw, canonical_metrics, fused_adamw_applies, linear_schedule,
+                            param_groups, split_metrics, weight_files)
 
 
 def _lrs(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> list[float]:
@@ -95,6 +95,9 @@ def test_fused_adamw_only_where_torch_has_the_kernel() -> None:
     assert not fused_adamw_applies([torch.zeros(3), torch.zeros(3, device="meta")])
     meta = torch.nn.Linear(3, 3, device="meta")
     assert not adamw([meta], 1e-3, 0.0).defaults["fused"]
+    # a generator is read once, not exhausted by the device check; a plain list of tensors (the peer comparison's)
+    assert not fused_adamw_applies(p for p in [torch.zeros(3), torch.zeros(3, dtype=torch.long)])
+    assert build_adamw([torch.nn.Parameter(torch.zeros(3))], lr=1e-3, weight_decay=0.01).defaults["fused"]
 
 
 def test_one_metric_key_convention() -> None:

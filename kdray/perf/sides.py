@@ -23,7 +23,7 @@ from torch import nn
 from kdray.knowledge import build_knowledge
 from kdray.perf.pair import Pair
 from kdray.step import distill_step, teacher_source
-from kdray.training import autocast_for, fused_adamw_applies
+from kdray.training import autocast_for, build_adamw
 
 LR = 5e-5
 WEIGHT_DECAY = 0.01
@@ -76,7 +76,7 @@ def textbrewer_missing() -> str | None:
 def adamw(params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """The optimiser and constant schedule both sides use (fused where kdray's own loop fuses it, so the pair
     compares the distillers, not two AdamW kernels)."""
-    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=fused_adamw_applies(params) or None)
+    optimizer = build_adamw(params, lr=LR, weight_decay=WEIGHT_DECAY)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
