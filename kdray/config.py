@@ -131,6 +131,9 @@ class TrainConfig(StrictModel):
     # with native bf16 while the student trains in fp32 (the teacher-output cache is built in fp32 either way)
     teacher_precision: Literal["same", "fp32", "bf16", "fp16"] = "same"
     teacher_cache: bool = False  # precompute teacher outputs once and train without a teacher forward
+    # the attention kind's maps join the cache when they take at most this many GiB on disk (heads x n² per row
+    # and layer, fp16); beyond it, or at 0, that kind keeps a live teacher forward
+    teacher_cache_attention_gib: float = Field(default=2.0, ge=0)
     length_bucketing: bool = True  # batches of similar lengths: less padding with dynamic padding
     progress: bool = True  # tqdm bar in the foreground
     compile: bool = False  # torch.compile the student's training forward (the first steps of each shape pay the compile)

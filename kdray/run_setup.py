@@ -29,7 +29,7 @@ from kdray.paths import cache_root
 from kdray.selection.base import Selector, build_selector
 from kdray.step import TeacherFn, teacher_source
 from kdray.teacher import get_teacher
-from kdray.teacher_outputs import TeacherOutputCache, build_teacher_cache, cache_key
+from kdray.teacher_outputs import TeacherOutputCache, attention_bytes, build_teacher_cache, cache_key
 from kdray.training import (Autocast, amp_dtype, autocast_for, evaluate, pick_device, seed_everything,
                             slow_bf16_warning, weight_files)
 
@@ -172,25 +172,47 @@ def _teacher_score(path: str, teacher: nn.Module, data: PreparedData, collate: C
 
 def _teacher_cache(config: RunConfig, teacher_path: str, models: Models, selector: Selector, data: PreparedData,
                    collate: Callable, device: torch.device, rank: int, world: int) -> TeacherOutputCache | None:
-    """The teacher-output cache when asked for and some kind needs the teacher (attention and uncached
-    layers fall back to the live teacher)."""
+    """The teacher-output cache when asked for and some kind needs the teacher (what it does not hold, such
+    as attention maps over ``train.teacher_cache_attention_gib``, falls back to the live teacher)."""
     tc = config.train
     pool_needs = needs_of(models.knowledge, {k: 1.0 for k in selector.pool})
     if not (tc.teacher_cache and pool_needs.teacher):
         return None
     layers = set(pool_needs.teacher_hidden) | {models.layers[1]}
+    attention_layers = _cached_attention_layers(config, models.teacher, pool_needs.teacher_attentions, data, rank)
     fingerprint = {"path": str(Path(teacher_path).resolve()), "files": weight_files(teacher_path)}
-    key = cache_key({"teacher": fingerprint, "task": config.task, "max_len": tc.max_seq_length,
-                     "layers": sorted(layers), "rows": len(data.train), "data": getattr(data.train, "_fingerprint", None)})
-    folder = cache_root() / "teacher_outputs" / f"{config.task}-{key}"
+    parts = {"teacher": fingerprint, "task": config.task, "max_len": tc.max_seq_length, "layers": sorted(layers),
+             "rows": len(data.train), "data": getattr(data.train, "_fingerprint", None)}
+    if attention_layers:  # only then: caches built without attention maps keep their names
+        parts["attention_layers"] = sorted(attention_layers)
+    folder = cache_root() / "teacher_outputs" / f"{config.task}-{cache_key(parts)}"
     if rank == 0:
-        build_teacher_cache(models.teacher, data.train, collate, layers, folder, tc.eval_batch_size, device)
+        build_teacher_cache(models.teacher, data.train, collate, layers, folder, tc.eval_batch_size, device,
+                            attention_layers)
     if world > 1:
         torch_dist.barrier()
     cache = TeacherOutputCache(folder)
     if cache.keep_on(device) and rank == 0:
         print(f"[kdray] teacher-output cache on {device} ({cache.nbytes / 2**20:.0f} MiB)", flush=True)
     return cache
+
+
+def _cached_attention_layers(config: RunConfig, teacher: nn.Module, needed: frozenset[int], data: PreparedData,
+                             rank: int) -> frozenset[int]:
+    """The attention layers the cache stores: all the pool needs when their maps fit in
+    ``train.teacher_cache_attention_gib``, else none (the attention kind then runs the live teacher)."""
+    limit = config.train.teacher_cache_attention_gib
+    if not needed:
+        return frozenset()
+    lengths = [int(x) for x in data.train["length"]]
+    size = attention_bytes(lengths, int(teacher.config.num_attention_heads), len(needed)) / 2**30
+    if size <= limit:
+        return needed
+    if rank == 0:
+        print(f"[kdray] attention maps not cached: {size:.2f} GiB for {len(lengths)} rows exceeds "
+              f"train.teacher_cache_attention_gib={limit:g}; the attention kind runs the live teacher "
+              f"(raise the key to cache them)", flush=True)
+    return frozenset()
 
 
 def _reward_set(config: RunConfig, selector: Selector, data: PreparedData, collate: Callable,

@@ -46,7 +46,7 @@ def teacher_source(
 
     def outputs(batch: dict[str, torch.Tensor], rows: Sequence[int], hidden: frozenset[int], attn: frozenset[int]) -> ModelOutputs:
         if cache is not None and cache.covers(hidden, attn):
-            return cache.outputs(rows, batch["input_ids"].shape[1], hidden, device)
+            return cache.outputs(rows, batch["input_ids"].shape[1], hidden, device, attn)
         with torch.no_grad(), autocast():
             return run_model(teacher, batch, hidden, attn)
 

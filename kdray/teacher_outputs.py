@@ -2,15 +2,20 @@
 
 Stored per example, unpadded, in fp16: logits ``[N, C]`` and, for each cached hidden-state
 layer, one flat ``[sum(lengths), H]`` memory-mapped array with ``offsets[N+1]`` row starts.
+Attention maps of the cached attention layers are stored the same way, each row's
+``[heads, n, n]`` block over its n real tokens flattened into one flat array per layer with
+``attention_offsets[N+1]``: ``heads·n²`` values a row, so their size grows with the square of
+the rows' lengths (``attention_bytes`` estimates it before a build, and the caller decides).
 The folder is keyed by teacher, task, max length, layers and the training rows, and is
-built in a temp folder then renamed (atomic; concurrent trials reuse it). Attentions are
-not cached (``heads x T x T`` per layer is too big): the ``attention`` kind falls back to a
-live teacher forward, as does any layer not in the cache.
+built in a temp folder then renamed (atomic; concurrent trials reuse it). A step whose
+needs the cache does not cover (an uncached layer or attention map) runs the live teacher.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,11 +48,18 @@ class TeacherOutputCache:
         self.logits = np.load(self.folder / "logits.npy", mmap_mode="r")
         self.offsets = np.load(self.folder / "offsets.npy")
         self.hidden = {l: np.load(self.folder / f"hidden_{l}.npy", mmap_mode="r") for l in self.layers}
+        # caches built before attention maps were cached have no such keys: they cover no attention layer
+        self.attention_layers: frozenset[int] = frozenset(int(x) for x in meta.get("attention_layers", []))
+        self.heads = int(meta.get("heads", 0))
+        self.attention = {l: np.load(self.folder / f"attention_{l}.npy", mmap_mode="r") for l in self.attention_layers}
+        self.attention_offsets = (np.load(self.folder / "attention_offsets.npy") if self.attention_layers
+                                  else np.zeros(self.num_rows + 1, dtype=np.int64))
         self.resident: dict[str, torch.Tensor] = {}  # name -> tensor on the device given to keep_on
 
     @property
     def nbytes(self) -> int:
-        return int(self.logits.nbytes + self.offsets.nbytes + sum(h.nbytes for h in self.hidden.values()))
+        arrays = [self.logits, self.offsets, self.attention_offsets, *self.hidden.values(), *self.attention.values()]
+        return int(sum(a.nbytes for a in arrays))
 
     def keep_on(self, device: torch.device, max_fraction: float = 0.3) -> bool:
         """Copy the cache to an accelerator once if it fits in ``max_fraction`` of its free memory.
@@ -66,24 +78,30 @@ class TeacherOutputCache:
 
     def load_to(self, device: torch.device) -> None:
         """Copy every array to ``device`` (fp16 kept); later batches gather there."""
-        arrays = {"logits": self.logits, "offsets": self.offsets, **{f"hidden_{l}": h for l, h in self.hidden.items()}}
+        arrays = {"logits": self.logits, "offsets": self.offsets, "attention_offsets": self.attention_offsets,
+                  **{f"hidden_{l}": h for l, h in self.hidden.items()},
+                  **{f"attention_{l}": a for l, a in self.attention.items()}}
         # np.array copies the read-only memory map into writable host memory, which torch can wrap
         self.resident = {name: torch.from_numpy(np.array(a)).to(device) for name, a in arrays.items()}
 
     def covers(self, hidden: frozenset[int] | set[int], attentions: frozenset[int] | set[int]) -> bool:
         """Whether a step's teacher needs can be served without a live forward."""
-        return not attentions and set(hidden) <= self.layers
+        return set(hidden) <= self.layers and set(attentions) <= self.attention_layers
 
     def outputs(
-        self, rows: Sequence[int], seq_len: int, hidden: frozenset[int] | set[int], device: torch.device
+        self, rows: Sequence[int], seq_len: int, hidden: frozenset[int] | set[int], device: torch.device,
+        attentions: frozenset[int] | set[int] = frozenset(),
     ) -> ModelOutputs:
         """Cached outputs of ``rows`` (zero-padded to ``seq_len``), as float32 on ``device``.
 
         Rows are gathered in fp16 and widened on ``device``: half the bytes through host memory and over PCIe,
-        and on a GPU the cast runs there instead of on the host.
+        and on a GPU the cast runs there instead of on the host. Attention maps are zero outside each row's
+        real ``n x n`` block (where a live forward has the padded queries' rows; the ``attention`` kind masks
+        both, so its loss is the live one's).
         """
+        maps = {layer: self._attention(rows, seq_len, layer, device) for layer in sorted(attentions)}
         if self.resident:
-            return self._outputs_resident(rows, seq_len, hidden, device)
+            return replace(self._outputs_resident(rows, seq_len, hidden, device), attentions=maps)
         idx = np.asarray(rows, dtype=np.int64)
         logits = torch.from_numpy(np.ascontiguousarray(self.logits[idx])).to(device).float()
         states: dict[int, torch.Tensor] = {}
@@ -97,7 +115,26 @@ class TeacherOutputCache:
                 n = min(end - start, seq_len)
                 out[i, :n] = flat[start : start + n]
             states[layer] = torch.from_numpy(out).to(device, non_blocking=True).float()
-        return ModelOutputs(logits=logits, hidden=states)
+        return ModelOutputs(logits=logits, hidden=states, attentions=maps)
+
+    def _attention(self, rows: Sequence[int], seq_len: int, layer: int, device: torch.device) -> torch.Tensor:
+        """``[B, heads, seq_len, seq_len]`` maps of ``rows`` at ``layer``: each row's block, zero elsewhere.
+
+        Blocks differ in size, so this is one slice copy per row (a memory map on the host, the resident
+        tensor on an accelerator): 32 rows are 32 copies, no padding stored or moved.
+        """
+        resident = self.resident.get(f"attention_{layer}")
+        flat = resident if resident is not None else self.attention[layer]
+        out = torch.zeros(len(rows), self.heads, seq_len, seq_len, dtype=torch.float16,
+                          device=resident.device if resident is not None else "cpu")
+        for i, r in enumerate(rows):
+            start, end = int(self.attention_offsets[r]), int(self.attention_offsets[r + 1])
+            n = math.isqrt((end - start) // self.heads)
+            block = flat[start:end]
+            block = block if resident is not None else torch.from_numpy(np.array(block))  # a copy: the map is read-only
+            m = min(n, seq_len)
+            out[i, :, :m, :m] = block.view(self.heads, n, n)[:, :m, :m]
+        return out.to(device, non_blocking=True).float()
 
     def _outputs_resident(
         self, rows: Sequence[int], seq_len: int, hidden: frozenset[int] | set[int], device: torch.device
@@ -116,6 +153,22 @@ class TeacherOutputCache:
         return ModelOutputs(logits=r["logits"][idx].to(device).float(), hidden=states)
 
 
+def real_lengths(rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Each row's number of real tokens (its attention mask's sum; all of its tokens without one)."""
+    def length(row: dict[str, Any]) -> int:
+        mask = row.get("attention_mask")
+        if mask is None:
+            return len(row["input_ids"])
+        return int(mask.sum()) if hasattr(mask, "sum") else int(sum(mask))  # tensors, or a dataset's lists
+
+    return [length(r) for r in rows]
+
+
+def attention_bytes(lengths: Sequence[int], heads: int, layers: int) -> int:
+    """Bytes the fp16 attention maps of ``layers`` layers take for rows of these lengths (``heads·n²`` each)."""
+    return 2 * heads * layers * sum(n * n for n in lengths)
+
+
 @torch.no_grad()
 def build_teacher_cache(
     teacher: nn.Module,
@@ -125,40 +178,62 @@ def build_teacher_cache(
     folder: str | Path,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    attention_layers: set[int] | frozenset[int] = frozenset(),
 ) -> TeacherOutputCache:
     """Compute and store the teacher outputs of every row of ``dataset`` (unless already there).
 
-    Concurrent trials that need the same cache wait on a lock for the first one's build instead of each
-    building it (three RTE trials of one sweep did). Batches are formed in length order, so the teacher
-    pads each batch only to lengths close to its own rows; rows are stored in dataset order.
+    ``attention_layers`` (1-based encoder layers) adds their attention maps; the teacher must then run an
+    attention kernel that returns them (eager). Concurrent trials that need the same cache wait on a lock for
+    the first one's build instead of each building it (three RTE trials of one sweep did). Batches are formed
+    in length order, so the teacher pads each batch only to lengths close to its own rows; rows are stored in
+    dataset order.
     """
     folder = Path(folder)
     with locked(folder.with_name(f".{folder.name}.lock")):
         if not (folder / "meta.json").is_file():
-            _build(teacher, dataset, collate, layers, folder, batch_size, device)
+            _build(teacher, dataset, collate, layers, set(attention_layers), folder, batch_size, device)
     return TeacherOutputCache(folder)
 
 
 def _build(teacher: nn.Module, dataset: Any, collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
-           layers: set[int], folder: Path, batch_size: int, device: torch.device | str) -> None:
+           layers: set[int], attention_layers: set[int], folder: Path, batch_size: int,
+           device: torch.device | str) -> None:
     teacher.eval()
     rows = [dataset[i] for i in range(len(dataset))]
+    lengths = real_lengths(rows)
+    heads = int(teacher.config.num_attention_heads) if attention_layers else 0
+    attention_offsets = np.concatenate([[0], np.cumsum([heads * n * n for n in lengths])]).astype(np.int64)
     logits: list[np.ndarray | None] = [None] * len(rows)
-    lengths = [0] * len(rows)
     states: dict[int, list[np.ndarray | None]] = {l: [None] * len(rows) for l in layers}
-    for chunk in longest_first_batches(rows, batch_size):
-        batch = {k: v.to(device) for k, v in collate([rows[i] for i in chunk]).items()}
-        out = run_model(teacher, batch, set(layers))
-        lens = batch["attention_mask"].sum(1).tolist()
-        chunk_logits = out.logits.float().cpu().numpy().astype(np.float16)
-        hidden = {l: out.hidden[l].float().cpu().numpy().astype(np.float16) for l in layers}
-        for j, (i, n) in enumerate(zip(chunk, lens)):
-            logits[i], lengths[i] = chunk_logits[j], int(n)
-            for l in layers:
-                states[l][i] = hidden[l][j, : int(n)]
     with atomic_folder(folder) as tmp:  # a rebuildable cache: the folder's rename is what must be atomic
+        # attention maps go straight to disk: they can be far larger than the hidden states kept in memory
+        maps = {l: np.lib.format.open_memmap(tmp / f"attention_{l}.npy", mode="w+", dtype=np.float16,
+                                             shape=(int(attention_offsets[-1]),)) for l in attention_layers}
+        for chunk in longest_first_batches(rows, batch_size):
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in chunk]).items()}
+            out = run_model(teacher, batch, set(layers), attention_layers)
+            lens = batch["attention_mask"].sum(1).tolist()
+            if [int(n) for n in lens] != [lengths[i] for i in chunk]:
+                raise ValueError("collate changed the rows' real lengths; the cache stores each row's own tokens")
+            chunk_logits = out.logits.float().cpu().numpy().astype(np.float16)
+            hidden = {l: out.hidden[l].float().cpu().numpy().astype(np.float16) for l in layers}
+            attn = {l: out.attentions[l].float().cpu().numpy().astype(np.float16) for l in attention_layers}
+            for j, i in enumerate(chunk):
+                n = lengths[i]
+                logits[i] = chunk_logits[j]
+                for l in layers:
+                    states[l][i] = hidden[l][j, :n]
+                for l in attention_layers:
+                    maps[l][attention_offsets[i] : attention_offsets[i + 1]] = attn[l][j, :, :n, :n].reshape(-1)
+        for m in maps.values():
+            m.flush()
+        del maps
         np.save(tmp / "logits.npy", np.stack(logits))
         np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         for l in layers:
             np.save(tmp / f"hidden_{l}.npy", np.concatenate(states[l]))
-        (tmp / "meta.json").write_text(json.dumps({"layers": sorted(layers), "num_rows": len(rows)}))
+        meta: dict[str, Any] = {"layers": sorted(layers), "num_rows": len(rows)}
+        if attention_layers:
+            np.save(tmp / "attention_offsets.npy", attention_offsets)
+            meta.update(attention_layers=sorted(attention_layers), heads=heads)
+        (tmp / "meta.json").write_text(json.dumps(meta))

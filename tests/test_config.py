@@ -53,6 +53,8 @@ CASES = {
     "grid_section_unknown_key": ("search: {space: {selector: {grid: [{name: pkd}, {nam: all}]}}}\n",
                                  ["search.space", "selector", "unknown key 'nam'", "phase_steps"]),
     "resources_negative": ("resources: {cpus_per_worker: 0}\n", ["resources.cpus_per_worker", "greater than 0"]),
+    "attention_cache_negative": ("train: {teacher_cache_attention_gib: -1}\n",
+                                 ["train.teacher_cache_attention_gib", "greater than or equal to 0"]),
 }
 
 

@@ -69,6 +69,44 @@ def test_cached_teacher_gives_live_losses(tmp_path: Path) -> None:
     assert (again.logits == cache.logits).all()
 
 
+def test_cached_attention_maps_give_the_live_attention_loss(tmp_path: Path) -> None:
+    """Attention maps stored per row over its real tokens serve the attention kind as a live forward does,
+    from the memory map and from a device-resident copy, and only for the layers the cache holds."""
+    import json as json_module
+
+    teacher, student = _tiny(0), _tiny(1, hidden=16, layers=2)
+    data = _rows()
+    cache = build_teacher_cache(teacher, data, _pad, {2, 4}, tmp_path / "cache", batch_size=5, attention_layers={2, 4})
+    lengths = [len(r["input_ids"]) for r in data]
+    assert cache.heads == 2 and cache.attention_layers == {2, 4}
+    assert cache.attention[4].shape == (2 * sum(n * n for n in lengths),)  # no padding stored
+    assert cache.covers({2}, {2, 4}) and not cache.covers({2}, {1})
+    ctx = KnowledgeContext(layer_map=((1, 2), (2, 4)), student_width=16, teacher_width=32)
+    attention = build_knowledge(["attention"], ctx)["attention"]
+    rows = [3, 7, 0, 10]  # padded to 10 tokens: rows of 7, 4, 4 and 7 real tokens
+    batch = _pad([data[i] for i in rows])
+    seq_len = batch["input_ids"].shape[1]
+    s_out = run_model(student, batch, set(), {1, 2})
+    with torch.no_grad():
+        live = run_model(teacher, batch, set(), {2, 4})
+    cached = cache.outputs(rows, seq_len, set(), torch.device("cpu"), {2, 4})
+    for layer in (2, 4):
+        for i, r in enumerate(rows):
+            n = lengths[r]
+            torch.testing.assert_close(cached.attentions[layer][i, :, :n, :n], live.attentions[layer][i, :, :n, :n],
+                                       atol=1e-3, rtol=0)  # fp16 storage
+            assert not cached.attentions[layer][i, :, n:].any() and not cached.attentions[layer][i, :, :, n:].any()
+    assert attention(s_out, cached, batch).item() == pytest.approx(attention(s_out, live, batch).item(), rel=5e-3)
+    resident = build_teacher_cache(teacher, data, _pad, {2, 4}, tmp_path / "cache", attention_layers={2, 4})
+    resident.load_to(torch.device("cpu"))
+    again = resident.outputs(rows, seq_len, set(), torch.device("cpu"), {2, 4})
+    assert all(torch.equal(again.attentions[l], cached.attentions[l]) for l in (2, 4))
+    # a cache built before attention maps were cached (no such keys in its meta) covers no attention layer
+    plain = build_teacher_cache(teacher, data, _pad, {2, 4}, tmp_path / "plain", batch_size=5)
+    assert "attention_layers" not in json_module.loads((tmp_path / "plain" / "meta.json").read_text())
+    assert plain.covers({2, 4}, set()) and not plain.covers({2}, {2})
+
+
 def test_concurrent_cache_builds_wait_for_the_first(tmp_path: Path) -> None:
     """A trial that finds another building the same cache waits for it and reuses it (no second teacher pass)."""
     import threading
@@ -246,6 +284,29 @@ def test_finetune_only_never_runs_the_teacher(glue_dir: Path, tiny_teacher: str,
     train(_config(glue_dir, tmp_path / "fixed", **{"selector.name": "fixed", "selector.weights": weights,
                                                    "train.max_steps": 2}), teacher_path=tiny_teacher)
     assert spy.calls == []
+
+
+def test_cached_attention_maps_replace_the_live_teacher(glue_dir: Path, tiny_teacher: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """With the attention kind in the pool its maps join the teacher-output cache: once the cache exists a run
+    never runs the teacher; at ``train.teacher_cache_attention_gib: 0`` the steps run it live, and the run says why."""
+    from kdray.distill import train
+
+    spy = _spied_teacher(monkeypatch)
+    over = {"train.teacher_cache": True, "selector.name": "all", "train.max_steps": 2,
+            "knowledge.pool": ["finetune", "response", "feature", "attention"]}
+    train(_config(glue_dir, tmp_path / "build", **over), teacher_path=tiny_teacher)
+    assert spy.calls and all(c["output_attentions"] for c in spy.calls)  # the build asked for the maps
+    spy.calls.clear()
+    train(_config(glue_dir, tmp_path / "cached", **over), teacher_path=tiny_teacher)
+    assert spy.calls == []
+    capsys.readouterr()
+    train(_config(glue_dir, tmp_path / "live", **over, **{"train.teacher_cache_attention_gib": 0}),
+          teacher_path=tiny_teacher)
+    assert "train.teacher_cache_attention_gib=0" in capsys.readouterr().out
+    steps = [c for c in spy.calls if c["output_attentions"]]
+    assert len(steps) >= 2  # the cache built without maps, then one live forward per step asking for them
 
 
 @pytest.mark.slow  # three short runs on real RTE per case: ~15 s idle, ~50 s on a loaded 2-core box

@@ -78,3 +78,32 @@ def test_the_bf16_teacher_pair_changes_only_kdrays_teacher_forward() -> None:
         side = KdraySide(pair, pair.students[0], PAIRS[name], cpu, peers.step_autocast(cpu))
         assert side.teacher_fn(batch, rows, frozenset(), frozenset()).logits.dtype == dtype
         assert math.isfinite(float(side.step(batch).detach()))  # the fp32 student learns from the bf16 logits
+
+
+def test_the_cached_pair_reads_kdrays_teacher_from_its_cache(tmp_path) -> None:
+    """kd_hidden_attention_cached: kdray's side builds its teacher-output cache (attention maps included) over the
+    pair's batches, then its steps run no teacher forward and score the live side's loss on the same student."""
+    pair = build_pair(SHAPES["tiny"], eager=True)
+    batches = synthetic_batches(SHAPES["tiny"], 3)
+    cpu = torch.device("cpu")
+    live = KdraySide(pair, pair.students[0], PAIRS["kd_hidden_attention"], cpu, peers.step_autocast(cpu))
+    cached = KdraySide(pair, pair.students[0], PAIRS["kd_hidden_attention_cached"], cpu, peers.step_autocast(cpu))
+    assert cached.cache(batches, str(tmp_path / "cache")) > 0
+    pair.students[0].eval()  # no dropout: both sides' losses come from the same student outputs
+    calls = []
+    forward = pair.teacher.forward
+    pair.teacher.forward = lambda *a, **k: calls.append(k) or forward(*a, **k)
+    for batch in batches[1:]:
+        rows = cached._rows_of[id(batch)]
+        needs = (frozenset(cached.knowledge["feature"].needs().teacher_hidden),
+                 frozenset(cached.knowledge["attention"].needs().teacher_attentions))
+        from_cache, from_teacher = cached.teacher_fn(batch, rows, *needs), live.teacher_fn(batch, rows, *needs)
+        assert len(calls) == 1  # only the live side ran the teacher
+        calls.clear()
+        s_out = run_model(pair.students[0], batch, set(range(pair.shape.student_layers + 1)),
+                          set(range(1, pair.shape.student_layers + 1)))
+        for kind in ("response", "feature", "attention"):
+            with torch.no_grad():
+                a = float(cached.knowledge[kind](s_out, from_cache, batch))
+                b = float(live.knowledge[kind](s_out, from_teacher, batch))
+            assert a == pytest.approx(b, rel=5e-3, abs=1e-5), kind  # fp16 storage; response is ~0 here

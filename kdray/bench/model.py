@@ -32,7 +32,7 @@ def step_configs(s: BenchSetup) -> dict[str, tuple[BenchModels, list[str], bool,
         "plain_eager": (s.eager, ["finetune"], False, "finetune only, eager attention (a pool with attention)"),
         "all_live": (s.eager, ALL_KINDS, False, "all 6 kinds, live teacher (eager attention)"),
         "cached5": (s.sdpa, CACHED_KINDS, True, "finetune, response, feature, relation, embedding from the cache (SDPA)"),
-        "all_cached": (s.eager, ALL_KINDS, True, "all 6 kinds with the cache: attention needs the live teacher"),
+        "all_cached": (s.eager, ALL_KINDS, True, "all 6 kinds from the cache, attention maps included (eager)"),
         "ft_resp_live": (s.eager, ["finetune", "response"], False,
                          "finetune + response selected from the all-kinds pool, live teacher (eager)"),
         "vanilla_kd_live": (s.sdpa, ["finetune", "response"], False, "pool = finetune + response, live teacher (SDPA)"),
@@ -76,12 +76,15 @@ def cache_rows(s: BenchSetup) -> tuple[Any, list[Row]]:
     """Build the teacher-output cache; rows: build time and size per 1,000 examples."""
     sizes, t, m = s.sizes, s.sizes.seq_len, s.sizes.model
     cache, build_s, nbytes, layers = s.build_cache()
+    attention = sum(a.nbytes for a in cache.attention.values())
     per_k = 1000 / sizes.cache_rows
     return cache, [
         Row("cache", "build_per_1k", m, 128, t, build_s * per_k, build_s * per_k, "s/1k examples", repeats=1,
-            note=f"{sizes.cache_rows} rows of {t} tokens, teacher hidden layers {layers} + logits, fp16"),
+            note=f"{sizes.cache_rows} rows of {t} tokens, teacher hidden layers {layers} + logits + attention maps, "
+                 "fp16 (eager teacher)"),
         Row("cache", "size_per_1k", m, 0, t, math.nan, nbytes * per_k / 2**20, "MiB/1k examples", repeats=1,
-            note=f"unpadded fp16; {t} real tokens per row"),
+            note=f"unpadded fp16; {t} real tokens per row; of which attention maps of layers "
+                 f"{sorted(cache.attention_layers)} {attention * per_k / 2**20:.0f} MiB"),
     ]
 
 

@@ -35,6 +35,12 @@ def _pct(x: float) -> str:
     return f"{x:.0%}" if math.isfinite(x) else "n/a"
 
 
+def _cache_note(build_s: float) -> str:
+    if not math.isfinite(build_s):
+        return ""
+    return f"; kdray's cache build {build_s * 1e3:.0f} ms per batch, once per training set (not in the step)"
+
+
 def peer_rows(scale: str, repeats: int, warmup: int, device: torch.device, peak: GemmPeak | None,
               log: Callable[[str], None]) -> list[Row]:
     """One row per pair of :data:`kdray.perf.sides.PAIRS` (or a skipped row), plus torchdistill's skipped row."""
@@ -58,7 +64,7 @@ def peer_rows(scale: str, repeats: int, warmup: int, device: torch.device, peak:
                   note=f"{spec.description}; kdray {r.kdray.median * 1e3:.0f} ms vs textbrewer {r.peer.median * 1e3:.0f} ms "
                        f"(±{r.peer.spread / 2:.0%}); loss on batch 0 kdray {r.kdray_losses[0]:.3f}->{r.kdray_losses[1]:.3f}, "
                        f"textbrewer {r.peer_losses[0]:.3f}->{r.peer_losses[1]:.3f}; GEMM-peak share kdray "
-                       f"{_pct(r.kdray_fraction)}, textbrewer {_pct(r.peer_fraction)}")
+                       f"{_pct(r.kdray_fraction)}, textbrewer {_pct(r.peer_fraction)}" + _cache_note(r.cache_build_s))
         rows.append(check(row, f"peer_{name}", r.ratio))
         log(f"  peers {name}: kdray/textbrewer = {r.ratio:.2f} [{r.paired.q25:.2f}, {r.paired.q75:.2f}]")
     rows.append(Row("peers", "torchdistill_skipped", model, shape.batch, shape.seq_len, note=TORCHDISTILL_SKIP))

@@ -59,6 +59,10 @@ class BenchModels:
         """The layers ``distill.train`` caches for a pool: every kind's teacher hidden states plus the last layer."""
         return set(needs_of(self.knowledge, {k: 1.0 for k in self.pool}).teacher_hidden) | {self.n_teacher}
 
+    def cache_attention_layers(self) -> frozenset[int]:
+        """The teacher attention maps the pool's ``attention`` kind reads (cached when they fit the size limit)."""
+        return needs_of(self.knowledge, {k: 1.0 for k in self.pool}).teacher_attentions
+
 
 def synthetic_rows(n: int, seq_len: int, vocab: int) -> list[dict[str, torch.Tensor]]:
     """Full-length pairs ([CLS] a [SEP] b [SEP], no padding): the worst case of a length-bucketed batch."""
@@ -107,13 +111,15 @@ class BenchSetup:
         return to_device(collate_rows(self.rows, rows, self.collate), self.device), rows
 
     def build_cache(self) -> tuple[Any, float, int, list[int]]:
-        """Build the teacher-output cache over all rows; returns (cache, seconds, bytes on disk, layers)."""
+        """Build the teacher-output cache over all rows, the all-kinds pool's attention maps included (as
+        ``distill.train`` builds it for that pool); returns (cache, seconds, bytes on disk, layers)."""
         layers = self.eager.cache_layers()
         folder = self.work / f"teacher_outputs-{self.sizes.teacher.replace(':', '_')}-{self.sizes.seq_len}"
         shutil.rmtree(folder, ignore_errors=True)
         t0 = clock()
-        # built with the SDPA teacher: a pool without attention (what caching serves) loads that kernel
-        cache = build_teacher_cache(self.sdpa.teacher, self.rows, self.collate, layers, folder, EVAL_BATCH_SIZE, self.device)
+        # the eager teacher (same weights as the SDPA one): only it returns attention maps
+        cache = build_teacher_cache(self.eager.teacher, self.rows, self.collate, layers, folder, EVAL_BATCH_SIZE,
+                                    self.device, self.eager.cache_attention_layers())
         seconds = clock() - t0
         size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
         cache.keep_on(self.device)  # as distill.train does: on a GPU the cache moves there once when it fits

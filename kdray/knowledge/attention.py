@@ -2,8 +2,9 @@
 
 HF returns post-softmax probabilities, so this is MSE between probabilities,
 over (query, key) pairs that are both real tokens. When head counts differ the
-heads are averaged first. Attentions are never cached (``[B, heads, T, T]`` per
-layer is too big), so this kind always uses a live teacher forward.
+heads are averaged first. With ``train.teacher_cache`` the teacher's maps come from
+the cache when they fit in ``train.teacher_cache_attention_gib`` (each row's ``heads x n x n``
+over its n real tokens); otherwise this kind runs a live teacher forward.
 """
 
 from __future__ import annotations

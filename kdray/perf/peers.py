@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -62,6 +64,7 @@ class PeerRow:
     kdray_fraction: float = math.nan
     peer_fraction: float = math.nan
     peer_name: str = "textbrewer"
+    cache_build_s: float = math.nan  # kdray's teacher-output cache build per batch (pairs that read the cache)
 
 
 def step_autocast(device: torch.device) -> Any:
@@ -85,7 +88,11 @@ def compare(
     batches = synthetic_batches(shape, max(2, min(repeats + warmup + 1, 8)), dev)
     sides = {"kdray": KdraySide(pair, pair.students[0], spec, dev, autocast),
              "textbrewer": TextBrewerSide(pair, pair.students[1], spec, dev, autocast)}
+    build_s = math.nan
+    cache_dir = tempfile.TemporaryDirectory(prefix="kdray-peers-cache-") if spec.kdray_cached else None
     try:
+        if cache_dir is not None:
+            build_s = sides["kdray"].cache(batches, str(Path(cache_dir.name) / "teacher_outputs"))
         first = {name: side.step(batches[0]).item() for name, side in sides.items()}
         position = {"i": 0}
 
@@ -102,6 +109,8 @@ def compare(
             flops = {name: float(count_flops(lambda: side.step(batches[0]))) for name, side in sides.items()}
     finally:
         sides["textbrewer"].close()
+        if cache_dir is not None:
+            cache_dir.cleanup()
     k, p = Timing.of(times["kdray"]), Timing.of(times["textbrewer"])
 
     def fraction(name: str, t: Timing) -> float:
@@ -110,7 +119,7 @@ def compare(
     return PeerRow(shape.name, spec.name, spec.description, shape.batch, shape.seq_len, k, p, k.median / p.median,
                    paired_ratio(times["kdray"], times["textbrewer"]), (first["kdray"], last["kdray"]),
                    (first["textbrewer"], last["textbrewer"]), flops["kdray"], flops["textbrewer"],
-                   fraction("kdray", k), fraction("textbrewer", p))
+                   fraction("kdray", k), fraction("textbrewer", p), cache_build_s=build_s / len(batches))
 
 
 def format_table(rows: Sequence[PeerRow], peak: GemmPeak | None = None) -> str:
@@ -125,6 +134,11 @@ def format_table(rows: Sequence[PeerRow], peak: GemmPeak | None = None) -> str:
             f"| {r.paired.median:.2f} [{r.paired.q25:.2f}, {r.paired.q75:.2f}] "
             f"| {_pct(r.kdray_fraction)} | {_pct(r.peer_fraction)} |")
     lines.append(f"| - | torchdistill | skipped | | | | | |\n\n{TORCHDISTILL_SKIP}.")
+    for r in rows:
+        if math.isfinite(r.cache_build_s):
+            lines.append(f"{r.pair}: kdray's teacher-output cache took {r.cache_build_s * 1e3:.0f} ms per batch to build "
+                         f"(one teacher pass over the rows, before the timed rounds; a training run builds it once "
+                         f"and reuses it every epoch and every trial on the same rows).")
     if peak is not None:
         lines.append(f"GEMM peak: {peak.best / 1e9:.1f} GFLOP/s ({peak.dtype} {peak.size}x{peak.size} on {peak.device}; "
                      f"median {peak.median / 1e9:.1f}).")

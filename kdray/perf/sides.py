@@ -20,9 +20,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from kdray.knowledge import build_knowledge
+from kdray.knowledge import build_knowledge, needs_of
 from kdray.perf.pair import Pair
+from kdray.perf.timing import clock
 from kdray.step import distill_step, teacher_source
+from kdray.teacher_outputs import build_teacher_cache
 from kdray.training import autocast_for, build_adamw
 
 LR = 5e-5
@@ -46,6 +48,9 @@ class PeerPair:
     # kdray's live teacher forward in bf16 (``train.teacher_precision: bf16``) while both students keep the
     # step's precision: a row that does the same work in other numerics, next to the same-precision rows
     kdray_teacher_bf16: bool = False
+    # kdray reads the teacher's outputs from its teacher-output cache (``train.teacher_cache``, attention maps
+    # included), built once before the timed rounds; TextBrewer runs its teacher live as it always does
+    kdray_cached: bool = False
 
 
 PAIRS: dict[str, PeerPair] = {
@@ -57,6 +62,10 @@ PAIRS: dict[str, PeerPair] = {
                                         "logits KD + hard labels (SDPA attention); kdray's teacher forward in bf16 "
                                         "(train.teacher_precision: bf16), TextBrewer's as the step's",
                                         kdray_teacher_bf16=True),
+    "kd_hidden_attention_cached": PeerPair(
+        "kd_hidden_attention_cached", ("response", "feature", "attention"), True, False, True,
+        "logits KD + hidden MSE + attention MSE (eager attention); kdray from its teacher-output cache "
+        "(train.teacher_cache, attention maps included), TextBrewer with its live teacher", kdray_cached=True),
 }
 
 
@@ -92,16 +101,38 @@ class KdraySide:
         self.knowledge = build_knowledge(self.pool, pair.context).to(device)
         self.optimizer, self.scheduler = adamw([*student.parameters(), *self.knowledge.parameters()])
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
-        teacher_autocast = autocast_for(device, torch.bfloat16) if spec.kdray_teacher_bf16 else autocast
-        self.teacher_fn = teacher_source(pair.teacher, None, device, teacher_autocast)
+        self.teacher_autocast = autocast_for(device, torch.bfloat16) if spec.kdray_teacher_bf16 else autocast
+        self.teacher_fn = teacher_source(pair.teacher, None, device, self.teacher_autocast)
         self.autocast = autocast
+        self.pair, self.device = pair, device
         self.rows = list(range(pair.shape.batch))
+        self._rows_of: dict[int, list[int]] = {}  # id(batch) -> its rows in the cache
+
+    def cache(self, batches: list[dict[str, torch.Tensor]], folder: str) -> float:
+        """Build kdray's teacher-output cache over ``batches`` (what ``train.teacher_cache`` builds over a training
+        set: the pool's hidden states and attention maps, fp16) and serve later steps on them from it; returns the
+        build's seconds."""
+        needs = needs_of(self.knowledge, self.weights)
+        rows = [{k: v[i] for k, v in b.items()} for b in batches for i in range(len(b["input_ids"]))]
+        per = self.pair.shape.batch
+        self._rows_of = {id(b): list(range(k * per, (k + 1) * per)) for k, b in enumerate(batches)}
+        start = clock()
+        cache = build_teacher_cache(self.pair.teacher, rows, _stack, set(needs.teacher_hidden), folder, per,
+                                    self.device, needs.teacher_attentions)
+        seconds = clock() - start
+        self.teacher_fn = teacher_source(self.pair.teacher, cache, self.device, self.teacher_autocast)
+        return seconds
 
     def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One optimisation step; returns the weighted loss."""
-        return distill_step(self.student, self.student, self.knowledge, self.pool, self.weights, batch, self.rows,
+        rows = self._rows_of.get(id(batch), self.rows)
+        return distill_step(self.student, self.student, self.knowledge, self.pool, self.weights, batch, rows,
                             self.teacher_fn, self.optimizer, self.scheduler, self.scaler, MAX_GRAD_NORM,
                             autocast=self.autocast).loss
+
+
+def _stack(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def _kd_adaptor(batch: dict[str, torch.Tensor], out: Any) -> dict[str, Any]:
