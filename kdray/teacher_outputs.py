@@ -78,8 +78,8 @@ class TeacherOutputCache:
 
     def load_to(self, device: torch.device) -> None:
         """Copy every array to ``device`` (fp16 kept); later batches gather there."""
-        arrays = {"logits": self.logits, "offsets": self.offsets, "attention_offsets": self.attention_offsets,
-                  **{f"hidden_{l}": h for l, h in self.hidden.items()},
+        # attention blocks are sliced by host offsets (``_attention``), so only the maps themselves move
+        arrays = {"logits": self.logits, "offsets": self.offsets, **{f"hidden_{l}": h for l, h in self.hidden.items()},
                   **{f"attention_{l}": a for l, a in self.attention.items()}}
         # np.array copies the read-only memory map into writable host memory, which torch can wrap
         self.resident = {name: torch.from_numpy(np.array(a)).to(device) for name, a in arrays.items()}

@@ -322,7 +322,7 @@ def test_a_fresh_run_over_an_existing_sweep_is_refused_before_ray(tmp_path: Path
 
 def test_sweep_dry_run_checks_model_names_without_importing_the_models() -> None:
     """The driver's checks before Ray read names and folders only: importing kdray.models (transformers' BERT)
-    took about 4 of a dry run's 7.6 s on 2 cores, and 5.0 s remain without it."""
+    took about 4 s (under cProfile) of a dry run's 7.0-7.6 s on 2 cores, and 5.0 s remain without it."""
     import subprocess
     import sys
 

@@ -19,7 +19,7 @@ from kdray.glue import get_task
 from kdray.knowledge import KnowledgeContext, build_knowledge, needs_of
 from kdray.loop_data import collate_rows, to_device
 from kdray.models import build_student, load_teacher
-from kdray.perf.pair import SHAPES, random_teacher
+from kdray.perf.pair import SHAPES, random_teacher, stack_rows
 from kdray.perf.timing import clock
 from kdray.teacher_outputs import build_teacher_cache
 from kdray.training import adamw, amp_dtype, autocast_for, linear_schedule
@@ -97,9 +97,7 @@ class BenchSetup:
         self.work = work
         self._batch_i = 0
 
-    @staticmethod
-    def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    collate = staticmethod(stack_rows)
 
     def next_batch(self) -> tuple[dict[str, torch.Tensor], list[int]]:
         """The next batch of ``sizes.batch`` rows (cycling over the rows) and its row indices."""

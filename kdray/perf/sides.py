@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from kdray.knowledge import build_knowledge, needs_of
-from kdray.perf.pair import Pair
+from kdray.perf.pair import Pair, stack_rows
 from kdray.perf.timing import clock
 from kdray.step import distill_step, teacher_source
 from kdray.teacher_outputs import build_teacher_cache
@@ -117,7 +117,7 @@ class KdraySide:
         per = self.pair.shape.batch
         self._rows_of = {id(b): list(range(k * per, (k + 1) * per)) for k, b in enumerate(batches)}
         start = clock()
-        cache = build_teacher_cache(self.pair.teacher, rows, _stack, set(needs.teacher_hidden), folder, per,
+        cache = build_teacher_cache(self.pair.teacher, rows, stack_rows, set(needs.teacher_hidden), folder, per,
                                     self.device, needs.teacher_attentions)
         seconds = clock() - start
         self.teacher_fn = teacher_source(self.pair.teacher, cache, self.device, self.teacher_autocast)
@@ -129,10 +129,6 @@ class KdraySide:
         return distill_step(self.student, self.student, self.knowledge, self.pool, self.weights, batch, rows,
                             self.teacher_fn, self.optimizer, self.scheduler, self.scaler, MAX_GRAD_NORM,
                             autocast=self.autocast).loss
-
-
-def _stack(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def _kd_adaptor(batch: dict[str, torch.Tensor], out: Any) -> dict[str, Any]:
