@@ -128,8 +128,10 @@ class TrainConfig(StrictModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 on GPUs that have it, else fp32;
     # bf16 also runs on CPUs (autocast), fp16 only on GPUs
     # the live teacher's forward: same = train.precision; bf16 halves a frozen teacher's forward on GPUs and on CPUs
-    # with native bf16 while the student trains in fp32 (the teacher-output cache is built in fp32 either way)
-    teacher_precision: Literal["same", "fp32", "bf16", "fp16"] = "same"
+    # with native bf16 while the student trains in fp32 (the teacher-output cache is built in fp32 either way);
+    # int8 (CPUs only): the teacher's Linear layers run int8 GEMMs (torch's dynamic quantization), the one fast
+    # reduced precision on CPUs without native bf16 (kdray.teacher_int8)
+    teacher_precision: Literal["same", "fp32", "bf16", "fp16", "int8"] = "same"
     teacher_cache: bool = False  # precompute teacher outputs once and train without a teacher forward
     # the attention kind's maps join the cache when they take at most this many GiB on disk (heads x n² per row
     # and layer, fp16); beyond it, or at 0, that kind keeps a live teacher forward
@@ -197,6 +199,10 @@ class _RunSections(StrictModel):
                 allowed = ", ".join(get_args(TrainConfig.model_fields[key].annotation))
                 raise ValueError(f"train.{key}: fp16 runs only on a GPU (resources.use_gpu: true); "
                                  f"on CPUs use bf16 or fp32 (allowed: {allowed})")
+        if self.train.teacher_precision == "int8" and self.resources.use_gpu:
+            allowed = ", ".join(get_args(TrainConfig.model_fields["teacher_precision"].annotation))
+            raise ValueError("train.teacher_precision: int8 runs only on CPUs (resources.use_gpu: false; torch's "
+                             f"dynamic int8 quantization); on GPUs use bf16 or fp16 (allowed: {allowed})")
         return self
 
 

@@ -30,6 +30,7 @@ from kdray.selection.base import Selector, build_selector
 from kdray.step import TeacherFn, teacher_source
 from kdray.teacher import get_teacher
 from kdray.teacher_outputs import TeacherOutputCache, attention_bytes, build_teacher_cache, cache_key
+from kdray.teacher_precision import live_teacher
 from kdray.training import (Autocast, amp_dtype, autocast_for, evaluate, pick_device, seed_everything,
                             slow_bf16_warning, weight_files)
 
@@ -119,13 +120,12 @@ def set_up(config: RunConfig, teacher_path: str | None = None) -> RunSetup:
     if slow:
         print(slow, file=sys.stderr, flush=True)
     autocast = autocast_for(device, dtype)
-    teacher_autocast = autocast if tc.teacher_precision == "same" else \
-        autocast_for(device, amp_dtype(tc.teacher_precision, device))
+    live, teacher_autocast = live_teacher(models.teacher, tc.teacher_precision, autocast, device)
     return RunSetup(
         config=config, spec=spec, device=device, rank=rank, world=world, data=data, collate=collate, order=order,
         segments=[episode_steps] * n_episodes + [total_steps], teacher_path=teacher_path,
         teacher_score=teacher_score, selector=selector, models=models,
-        teacher_fn=teacher_source(models.teacher, cache, device, teacher_autocast), cache=cache,
+        teacher_fn=teacher_source(live, cache, device, teacher_autocast), cache=cache,
         reward_set=_reward_set(config, selector, data, collate, device), autocast=autocast, amp_dtype=dtype,
     )
 

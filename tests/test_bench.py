@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,22 +181,31 @@ class _Compared(Exception):
     """Raised by a stand-in for ``compare``: the pair reached the timing (which these tests do not run)."""
 
 
-def test_the_bf16_teacher_pair_is_skipped_where_bf16_is_slow(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On an AVX2-only CPU the bf16-teacher pair measured 2.73x TextBrewer: torch's bf16 fallback, not kdray. There
-    it is a skipped row saying why; where bf16 is fast the pair is timed (reaches ``compare``)."""
-    import torch
-
+def _peers_reaching_compare(monkeypatch: pytest.MonkeyPatch, precision: str, names: list[str]) -> Any:
+    """``kdray.bench.peers`` with TextBrewer taken as present, ``compare`` raising :class:`_Compared`, and only the
+    pairs whose kdray teacher runs in ``precision`` (checked to be ``names``)."""
     import kdray.bench.peers as bench_peers
     from kdray.perf.sides import PAIRS
 
     def compare(shape, spec, *args, **kwargs):
         raise _Compared(spec)
 
-    bf16_pairs = {n: s for n, s in PAIRS.items() if s.kdray_teacher_bf16}
-    assert list(bf16_pairs) == ["vanilla_kd_bf16_teacher"]
+    pairs = {n: s for n, s in PAIRS.items() if s.kdray_teacher_precision == precision}
+    assert list(pairs) == names
     monkeypatch.setattr(bench_peers, "textbrewer_missing", lambda: None)
     monkeypatch.setattr(bench_peers, "compare", compare)
-    monkeypatch.setattr(bench_peers, "PAIRS", bf16_pairs)
+    monkeypatch.setattr(bench_peers, "PAIRS", pairs)
+    return bench_peers
+
+
+def test_the_bf16_teacher_pair_is_skipped_where_bf16_is_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an AVX2-only CPU the bf16-teacher pair measured 2.73x TextBrewer: torch's bf16 fallback, not kdray. There
+    it is a skipped row saying why; where bf16 is fast the pair is timed (reaches ``compare``)."""
+    import torch
+
+    from kdray.perf.sides import PAIRS
+
+    bench_peers = _peers_reaching_compare(monkeypatch, "bf16", ["vanilla_kd_bf16_teacher"])
     monkeypatch.setattr(bench_peers, "bf16_is_slow_here", lambda device: True)
     said: list[str] = []
     rows = bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, said.append)
@@ -205,10 +215,25 @@ def test_the_bf16_teacher_pair_is_skipped_where_bf16_is_slow(monkeypatch: pytest
     with pytest.raises(_Compared):
         bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, said.append)
     # the same-precision pairs are timed whatever the CPU's bf16
-    monkeypatch.setattr(bench_peers, "PAIRS", {n: s for n, s in PAIRS.items() if not s.kdray_teacher_bf16})
+    monkeypatch.setattr(bench_peers, "PAIRS", {n: s for n, s in PAIRS.items() if s.kdray_teacher_precision == "same"})
     monkeypatch.setattr(bench_peers, "bf16_is_slow_here", lambda device: True)
     with pytest.raises(_Compared):
         bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, said.append)
+
+
+def test_the_int8_teacher_pair_runs_on_cpus_with_a_quantized_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int8-teacher pair is timed on a CPU with a quantized engine, and is a skipped row saying why off the CPU
+    or without an engine (never a timing of something else)."""
+    import torch
+
+    bench_peers = _peers_reaching_compare(monkeypatch, "int8", ["vanilla_kd_int8_teacher"])
+    with pytest.raises(_Compared):
+        bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, lambda _: None)
+    rows = bench_peers.peer_rows("quick", 2, 1, torch.device("cuda"), None, lambda _: None)
+    assert rows[0].name == "vanilla_kd_int8_teacher_skipped" and "CPUs only" in rows[0].note
+    monkeypatch.setattr(bench_peers, "int8_engine", lambda: None)
+    rows = bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, lambda _: None)
+    assert rows[0].name == "vanilla_kd_int8_teacher_skipped" and "no quantized engine" in rows[0].note
 
 
 def test_run_bench_rejects_an_unknown_scale() -> None:

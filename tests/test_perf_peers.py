@@ -80,6 +80,27 @@ def test_the_bf16_teacher_pair_changes_only_kdrays_teacher_forward() -> None:
         assert math.isfinite(float(side.step(batch).detach()))  # the fp32 student learns from the bf16 logits
 
 
+def test_the_int8_teacher_pair_quantizes_only_kdrays_teacher() -> None:
+    """vanilla_kd_int8_teacher: kdray's side runs an int8 copy of the teacher; TextBrewer's side (and the pair's
+    teacher, which both students were built beside) keeps the fp32 one."""
+    from kdray.teacher_precision import int8_engine, int8_linear_count
+
+    if int8_engine() is None:
+        pytest.skip("this torch build has no quantized engine")
+    pair = build_pair(SHAPES["tiny"], eager=False)
+    batch = synthetic_batches(SHAPES["tiny"], 1)[0]
+    cpu = torch.device("cpu")
+    side = KdraySide(pair, pair.students[0], PAIRS["vanilla_kd_int8_teacher"], cpu, peers.step_autocast(cpu))
+    assert int8_linear_count(side.teacher) > 0 and int8_linear_count(pair.teacher) == 0
+    rows = list(range(pair.shape.batch))
+    logits = side.teacher_fn(batch, rows, frozenset(), frozenset()).logits
+    with torch.no_grad():
+        reference = pair.teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert logits.dtype == torch.float32 and not torch.equal(logits, reference)
+    assert torch.allclose(logits, reference, atol=0.05 * float(reference.abs().max()))
+    assert math.isfinite(float(side.step(batch).detach()))
+
+
 def test_the_cached_pair_reads_kdrays_teacher_from_its_cache(tmp_path) -> None:
     """kd_hidden_attention_cached: kdray's side builds its teacher-output cache (attention maps included) over the
     pair's batches, then its steps run no teacher forward and score the live side's loss on the same student."""

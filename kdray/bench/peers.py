@@ -3,9 +3,9 @@
 The pairs and both sides are :mod:`kdray.perf.sides`; :func:`kdray.perf.peers.compare` times them
 interleaved (A B, B A, ...). Each row's value is kdray / TextBrewer (below 1: kdray is faster), checked
 against the issue #18 targets with the margin rule of :mod:`kdray.bench.rows` (the per-round ratios'
-quartiles are the spread). When TextBrewer is not importable, one row says why; so does the bf16-teacher pair on
-a CPU without a fast bf16 path; torchdistill is never run here and its row says why
-(:data:`kdray.perf.peers.TORCHDISTILL_SKIP`).
+quartiles are the spread). When TextBrewer is not importable, one row says why; so does a pair whose kdray
+teacher runs in a precision with no fast path here (bf16 without oneDNN bf16, int8 off the CPU); torchdistill
+is never run here and its row says why (:data:`kdray.perf.peers.TORCHDISTILL_SKIP`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from kdray.bench.rows import Row, check
 from kdray.perf.flops import GemmPeak
 from kdray.perf.pair import SHAPES, Shape
 from kdray.perf.peers import TORCHDISTILL_SKIP, compare
-from kdray.perf.sides import PAIRS, textbrewer_missing
+from kdray.perf.sides import PAIRS, PeerPair, textbrewer_missing
+from kdray.teacher_precision import int8_engine
 from kdray.training import bf16_is_slow_here
 
 # the shape each bench scale compares at (random-init teacher and student of the named sizes)
@@ -41,6 +42,18 @@ def _cache_note(build_s: float) -> str:
     return f"; kdray's cache build {build_s * 1e3:.0f} ms per batch, once per training set (not in the step)"
 
 
+def _precision_skip(spec: PeerPair, device: torch.device) -> str | None:
+    """Why a pair whose kdray teacher runs in another precision cannot be timed fairly here (None: it can)."""
+    if spec.kdray_teacher_precision == "bf16" and bf16_is_slow_here(device):
+        return (f"skipped: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no oneDNN bf16 path, so the "
+                "bf16 teacher would time torch's slow fallback, not kdray (kdray.training.bf16_is_slow_here)")
+    if spec.kdray_teacher_precision == "int8" and device.type != "cpu":
+        return "skipped: train.teacher_precision int8 runs on CPUs only (torch's dynamic int8 quantization)"
+    if spec.kdray_teacher_precision == "int8" and int8_engine() is None:
+        return "skipped: this torch build has no quantized engine for an int8 teacher (kdray.teacher_precision)"
+    return None
+
+
 def peer_rows(scale: str, repeats: int, warmup: int, device: torch.device, peak: GemmPeak | None,
               log: Callable[[str], None]) -> list[Row]:
     """One row per pair of :data:`kdray.perf.sides.PAIRS` (or a skipped row), plus torchdistill's skipped row."""
@@ -52,9 +65,8 @@ def peer_rows(scale: str, repeats: int, warmup: int, device: torch.device, peak:
         log(f"  peers: textbrewer skipped: {reason}")
         rows.append(Row("peers", "textbrewer_skipped", model, shape.batch, shape.seq_len, note=reason))
     for name, spec in ({} if reason else PAIRS).items():
-        if spec.kdray_teacher_bf16 and bf16_is_slow_here(device):
-            why = (f"skipped: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no oneDNN bf16 path, so the "
-                   "bf16 teacher would time torch's slow fallback, not kdray (kdray.training.bf16_is_slow_here)")
+        why = _precision_skip(spec, device)
+        if why:
             log(f"  peers {name}: {why}")
             rows.append(Row("peers", f"{name}_skipped", model, shape.batch, shape.seq_len, note=why))
             continue

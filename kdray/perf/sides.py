@@ -25,7 +25,8 @@ from kdray.perf.pair import Pair, stack_rows
 from kdray.perf.timing import clock
 from kdray.step import distill_step, teacher_source
 from kdray.teacher_outputs import build_teacher_cache
-from kdray.training import autocast_for, build_adamw
+from kdray.teacher_precision import live_teacher
+from kdray.training import build_adamw
 
 LR = 5e-5
 WEIGHT_DECAY = 0.01
@@ -45,9 +46,10 @@ class PeerPair:
     hard_labels: bool  # TextBrewer: hard-label loss from the model's own ``loss`` (labels in the batch)
     intermediate: bool  # TextBrewer: hidden_mse + attention_mse on kdray's mapped layers
     description: str
-    # kdray's live teacher forward in bf16 (``train.teacher_precision: bf16``) while both students keep the
-    # step's precision: a row that does the same work in other numerics, next to the same-precision rows
-    kdray_teacher_bf16: bool = False
+    # kdray's live teacher forward in another precision (``train.teacher_precision``: bf16, or int8 on CPUs)
+    # while both students keep the step's: a row that does the same work in other numerics, beside the
+    # same-precision rows
+    kdray_teacher_precision: str = "same"
     # kdray reads the teacher's outputs from its teacher-output cache (``train.teacher_cache``, attention maps
     # included), built once before the timed rounds; TextBrewer runs its teacher live as it always does
     kdray_cached: bool = False
@@ -61,7 +63,11 @@ PAIRS: dict[str, PeerPair] = {
     "vanilla_kd_bf16_teacher": PeerPair("vanilla_kd_bf16_teacher", ("finetune", "response"), False, True, False,
                                         "logits KD + hard labels (SDPA attention); kdray's teacher forward in bf16 "
                                         "(train.teacher_precision: bf16), TextBrewer's as the step's",
-                                        kdray_teacher_bf16=True),
+                                        kdray_teacher_precision="bf16"),
+    "vanilla_kd_int8_teacher": PeerPair("vanilla_kd_int8_teacher", ("finetune", "response"), False, True, False,
+                                        "logits KD + hard labels (SDPA attention); kdray's teacher forward in int8 "
+                                        "(train.teacher_precision: int8, CPUs), TextBrewer's as the step's",
+                                        kdray_teacher_precision="int8"),
     "kd_hidden_attention_cached": PeerPair(
         "kd_hidden_attention_cached", ("response", "feature", "attention"), True, False, True,
         "logits KD + hidden MSE + attention MSE (eager attention); kdray from its teacher-output cache "
@@ -101,8 +107,8 @@ class KdraySide:
         self.knowledge = build_knowledge(self.pool, pair.context).to(device)
         self.optimizer, self.scheduler = adamw([*student.parameters(), *self.knowledge.parameters()])
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
-        self.teacher_autocast = autocast_for(device, torch.bfloat16) if spec.kdray_teacher_bf16 else autocast
-        self.teacher_fn = teacher_source(pair.teacher, None, device, self.teacher_autocast)
+        self.teacher, self.teacher_autocast = live_teacher(pair.teacher, spec.kdray_teacher_precision, autocast, device)
+        self.teacher_fn = teacher_source(self.teacher, None, device, self.teacher_autocast)
         self.autocast = autocast
         self.pair, self.device = pair, device
         self.rows = list(range(pair.shape.batch))
@@ -120,7 +126,7 @@ class KdraySide:
         cache = build_teacher_cache(self.pair.teacher, rows, stack_rows, set(needs.teacher_hidden), folder, per,
                                     self.device, needs.teacher_attentions)
         seconds = clock() - start
-        self.teacher_fn = teacher_source(self.pair.teacher, cache, self.device, self.teacher_autocast)
+        self.teacher_fn = teacher_source(self.teacher, cache, self.device, self.teacher_autocast)
         return seconds
 
     def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
