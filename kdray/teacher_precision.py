@@ -61,8 +61,8 @@ def quantize_teacher(teacher: nn.Module) -> nn.Module:
                          "on a GPU use bf16 or fp16")
     engine = int8_engine()
     if engine is None:
-        raise RuntimeError("train.teacher_precision: int8: this torch build has no quantized engine "
-                           f"({torch.backends.quantized.supported_engines}); use fp32")
+        raise RuntimeError("train.teacher_precision: int8: this torch build has no quantized engine for x86 "
+                           f"(it offers {torch.backends.quantized.supported_engines}); use fp32 here")
     torch.backends.quantized.engine = engine
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 

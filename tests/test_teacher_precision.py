@@ -79,6 +79,30 @@ def test_int8_is_refused_for_gpu_runs_before_anything_starts() -> None:
         == "int8"
 
 
+def test_a_local_sweep_refuses_int8_without_a_quantized_engine(glue_dir: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """A torch build without an x86 quantized engine cannot run the int8 teacher: a local sweep says so, naming
+    the key, before Ray starts (a dry run included), instead of failing in every trial."""
+    import yaml
+
+    import kdray.teacher_precision as teacher_precision
+    from kdray.sweep.run import run_sweep
+
+    doc = {"name": "q", "tasks": ["rte"], "data": {"source": "local", "dir": str(glue_dir), "max_train_samples": 32},
+           "teacher": {"model": "tiny-bert", "epochs": 1}, "train": {"max_steps": 2, "teacher_precision": "int8"},
+           "search": {"mode": "grid", "space": {"selector.name": {"grid": ["vanilla_kd"]}}}}
+    space = tmp_path / "q.yaml"
+    space.write_text(yaml.safe_dump(doc))
+    assert run_sweep(str(space), storage=str(tmp_path / "runs"), dry_run=True) == 0
+    capfd.readouterr()
+    monkeypatch.setattr(teacher_precision, "int8_engine", lambda: None)
+    assert run_sweep(str(space), storage=str(tmp_path / "runs"), dry_run=True) == 2
+    assert "train.teacher_precision: int8: this torch build has no quantized engine" in capfd.readouterr().err
+    assert run_sweep(str(space), storage=str(tmp_path / "runs"), dry_run=True,
+                     overrides={"train.teacher_precision": "fp32"}) == 0
+
+
 def test_a_real_run_distills_from_the_int8_teacher(glue_dir: Path, tiny_teacher: str, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """On real RTE, every step's live teacher forward is the int8 copy's (a hook on it counts them); the run

@@ -81,8 +81,8 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
                               "Tune id, so nothing recorded matches the file's trials)")
         preflight(sweep, trials, storage, is_uri, resume or rerun_changed or teachers_only, rerun_changed)
         check_logging(sweep)
-        if address is None:  # trials run on this machine: say now if its CPU makes bf16 crawl
-            warn_slow_bf16(sweep, trials)
+        if address is None:  # trials run on this machine: say now if its CPU cannot run their precision well
+            check_local_precision(sweep, trials)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return 2
@@ -156,15 +156,21 @@ def stage_runs(sweep: SweepConfig, trials: list[Trial] | None) -> list[RunConfig
     return [sweep.trial_run(task, {"train.seed": sweep.train.seeds[0]}, f"task {task}") for task in sweep.tasks]
 
 
-def warn_slow_bf16(sweep: SweepConfig, trials: list[Trial] | None) -> None:
-    """Print, before Ray starts, that the runs' bf16 would crawl on this machine's CPU (GPU runs are exempt)."""
+def check_local_precision(sweep: SweepConfig, trials: list[Trial] | None) -> None:
+    """Before Ray starts on this machine: print that the runs' bf16 would crawl on its CPU, and refuse an int8
+    teacher its torch cannot run (GPU runs are exempt from both; int8 is refused for them by the config)."""
     if sweep.resources.use_gpu:
         return
     import torch
 
+    from kdray.teacher_precision import int8_engine
     from kdray.training import slow_bf16_warning
 
-    warning = slow_bf16_warning([r.train for r in stage_runs(sweep, trials)], torch.device("cpu"))
+    trains = [r.train for r in stage_runs(sweep, trials)]
+    if any(tc.teacher_precision == "int8" for tc in trains) and int8_engine() is None:
+        raise ConfigError(f"train.teacher_precision: int8: this torch build has no quantized engine for x86 "
+                          f"(it offers {torch.backends.quantized.supported_engines}); use fp32 here")
+    warning = slow_bf16_warning(trains, torch.device("cpu"))
     if warning:
         print(warning, file=sys.stderr, flush=True)
 
