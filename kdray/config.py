@@ -130,7 +130,7 @@ class TrainConfig(StrictModel):
     # the live teacher's forward: same = train.precision; bf16 halves a frozen teacher's forward on GPUs and on CPUs
     # with native bf16 while the student trains in fp32 (the teacher-output cache is built in fp32 either way);
     # int8 (CPUs only): the teacher's Linear layers run int8 GEMMs (torch's dynamic quantization), the one fast
-    # reduced precision on CPUs without native bf16 (kdray.teacher_int8)
+    # reduced precision on CPUs without native bf16 (kdray.teacher_precision)
     teacher_precision: Literal["same", "fp32", "bf16", "fp16", "int8"] = "same"
     teacher_cache: bool = False  # precompute teacher outputs once and train without a teacher forward
     # the attention kind's maps join the cache when they take at most this many GiB on disk (heads x n² per row

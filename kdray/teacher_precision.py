@@ -46,6 +46,14 @@ def int8_engine() -> str | None:
     return next((engine for engine in _ENGINES if engine in supported), None)
 
 
+def int8_unavailable() -> str | None:
+    """Why this torch build cannot run an int8 teacher (None when it can): the one message every check prints."""
+    if int8_engine() is not None:
+        return None
+    return ("train.teacher_precision: int8: this torch build has no quantized engine for x86 "
+            f"(it offers {torch.backends.quantized.supported_engines}); use fp32 here")
+
+
 def quantize_teacher(teacher: nn.Module) -> nn.Module:
     """A copy of the frozen ``teacher`` whose Linear layers run int8 GEMMs (dynamic quantization, CPU only).
 
@@ -59,11 +67,10 @@ def quantize_teacher(teacher: nn.Module) -> nn.Module:
     if next(teacher.parameters()).device.type != "cpu":
         raise ValueError("train.teacher_precision: int8 runs on CPUs only (torch's dynamic int8 quantization); "
                          "on a GPU use bf16 or fp16")
-    engine = int8_engine()
-    if engine is None:
-        raise RuntimeError("train.teacher_precision: int8: this torch build has no quantized engine for x86 "
-                           f"(it offers {torch.backends.quantized.supported_engines}); use fp32 here")
-    torch.backends.quantized.engine = engine
+    unavailable = int8_unavailable()
+    if unavailable:
+        raise RuntimeError(unavailable)
+    torch.backends.quantized.engine = int8_engine()
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():  # the deprecation notices named in the module docstring

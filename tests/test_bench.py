@@ -231,7 +231,9 @@ def test_the_int8_teacher_pair_runs_on_cpus_with_a_quantized_engine(monkeypatch:
         bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, lambda _: None)
     rows = bench_peers.peer_rows("quick", 2, 1, torch.device("cuda"), None, lambda _: None)
     assert rows[0].name == "vanilla_kd_int8_teacher_skipped" and "CPUs only" in rows[0].note
-    monkeypatch.setattr(bench_peers, "int8_engine", lambda: None)
+    import kdray.teacher_precision as teacher_precision
+
+    monkeypatch.setattr(teacher_precision, "int8_engine", lambda: None)
     rows = bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, lambda _: None)
     assert rows[0].name == "vanilla_kd_int8_teacher_skipped" and "no quantized engine" in rows[0].note
 

@@ -21,7 +21,7 @@ from kdray.perf.flops import GemmPeak
 from kdray.perf.pair import SHAPES, Shape
 from kdray.perf.peers import TORCHDISTILL_SKIP, compare
 from kdray.perf.sides import PAIRS, PeerPair, textbrewer_missing
-from kdray.teacher_precision import int8_engine
+from kdray.teacher_precision import int8_unavailable
 from kdray.training import bf16_is_slow_here
 
 # the shape each bench scale compares at (random-init teacher and student of the named sizes)
@@ -49,8 +49,8 @@ def _precision_skip(spec: PeerPair, device: torch.device) -> str | None:
                 "bf16 teacher would time torch's slow fallback, not kdray (kdray.training.bf16_is_slow_here)")
     if spec.kdray_teacher_precision == "int8" and device.type != "cpu":
         return "skipped: train.teacher_precision int8 runs on CPUs only (torch's dynamic int8 quantization)"
-    if spec.kdray_teacher_precision == "int8" and int8_engine() is None:
-        return "skipped: this torch build has no quantized engine for an int8 teacher (kdray.teacher_precision)"
+    if spec.kdray_teacher_precision == "int8" and int8_unavailable():
+        return f"skipped: {int8_unavailable()}"
     return None
 
 

@@ -163,13 +163,13 @@ def check_local_precision(sweep: SweepConfig, trials: list[Trial] | None) -> Non
         return
     import torch
 
-    from kdray.teacher_precision import int8_engine
+    from kdray.teacher_precision import int8_unavailable
     from kdray.training import slow_bf16_warning
 
     trains = [r.train for r in stage_runs(sweep, trials)]
-    if any(tc.teacher_precision == "int8" for tc in trains) and int8_engine() is None:
-        raise ConfigError(f"train.teacher_precision: int8: this torch build has no quantized engine for x86 "
-                          f"(it offers {torch.backends.quantized.supported_engines}); use fp32 here")
+    unavailable = int8_unavailable() if any(tc.teacher_precision == "int8" for tc in trains) else None
+    if unavailable:
+        raise ConfigError(unavailable)
     warning = slow_bf16_warning(trains, torch.device("cpu"))
     if warning:
         print(warning, file=sys.stderr, flush=True)
