@@ -3,12 +3,12 @@
 Why int8: a frozen teacher only runs forwards, and on CPUs without native bf16 (AVX2-only x86, where a bf16
 matmul falls back to a slow loop) the one reduced precision with fast kernels is int8. torch's dynamic
 quantization swaps every ``nn.Linear`` for one with int8 weights that quantizes its input per batch and
-runs fbgemm/oneDNN int8 GEMMs, returning fp32. Measured on a 2-core AVX2 EPYC (MiniLM-L6, 32 x 128):
-the teacher forward takes 0.71-0.76x the fp32 one; students distilled from it on real MRPC score the same
-as from the fp32 teacher within seed noise (results/int8_teacher).
+runs fbgemm/oneDNN int8 GEMMs, returning fp32. Measured on a 2-core AVX2 EPYC: the MRPC teacher scores
+MRPC's dev set in 0.71-0.76x its fp32 time; students distilled from it on real MRPC score the same as from
+the fp32 teacher within seed noise (results/int8_teacher).
 
 torch marks this API (``torch.ao.quantization.quantize_dynamic``) deprecated in favour of torchao, whose
-int8 path has no fast CPU kernel here (29x slower than fp32, measured with torchao 0.18); kdray pins
+int8 path has no fast CPU kernel here (24-29x slower than fp32, measured with torchao 0.18); kdray pins
 torch <= 2.14.1, where it works, and the tests fail the day it stops working.
 """
 
@@ -59,7 +59,7 @@ def quantize_teacher(teacher: nn.Module) -> nn.Module:
 
     Weights are quantized per output channel: on the MRPC teacher's dev set that flipped 4.9% of its
     predictions against 7.8% per tensor, and moved its soft targets at temperature 4 by a mean KL of
-    3.8e-4 against 9.0e-4, for a forward 0.71-0.76x fp32's against 0.66-0.69x (one run, 2 cores).
+    3.8e-4 against 9.0e-4, scoring that dev set in 0.71-0.76x fp32's time against 0.66-0.69x (two runs, 2 cores).
 
     Embeddings, LayerNorms, softmax and the attention products stay fp32; outputs (logits, hidden
     states, attention maps) are fp32 tensors, so every knowledge kind reads them as from the fp32 teacher.
