@@ -41,14 +41,16 @@ def teacher_source(
     cache: TeacherOutputCache | None,
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = no_autocast,
+    cls_top: bool = True,
 ) -> TeacherFn:
-    """``fn(batch, rows, hidden, attentions)``: cached teacher outputs when the cache covers them, else a live forward."""
+    """``fn(batch, rows, hidden, attentions)``: cached teacher outputs when the cache covers them, else a live forward
+    (``cls_top``: whose top layer computes its [CLS] row only when nothing else of it is read, :func:`run_model`)."""
 
     def outputs(batch: dict[str, torch.Tensor], rows: Sequence[int], hidden: frozenset[int], attn: frozenset[int]) -> ModelOutputs:
         if cache is not None and cache.covers(hidden, attn):
             return cache.outputs(rows, batch["input_ids"].shape[1], hidden, device, attn)
         with torch.no_grad(), autocast():
-            return run_model(teacher, batch, hidden, attn)
+            return run_model(teacher, batch, hidden, attn, cls_top)
 
     return outputs
 
@@ -192,6 +194,7 @@ def distill_step(
     state_layers: tuple[int, int] | None = None,
     with_logits: bool = False,
     normalizer: LossNormalizer | None = None,
+    cls_top: bool = True,
 ) -> StepResult:
     """One optimisation step on the kinds with a non-zero weight.
 
@@ -202,7 +205,8 @@ def distill_step(
     before the update), the teacher's from its forward here, or, when no selected kind ran it, from the
     cache or one no-grad forward. ``with_logits`` also returns both models' logits (the same forward's).
     ``normalizer`` (``knowledge.normalize``) scales each kind's loss in the weighted sum; with mode ``none``
-    (or None) the sum is exactly ``sum(weight * loss)``, as before the option.
+    (or None) the sum is exactly ``sum(weight * loss)``, as before the option. ``cls_top=False`` runs the
+    student's full top layer even when only its [CLS] row is read (the bench's reference step).
     """
     need = needs_of(knowledge, weights)
     s_hidden, t_hidden = need.student_hidden, need.teacher_hidden
@@ -210,7 +214,7 @@ def distill_step(
         s_hidden, t_hidden = s_hidden | {state_layers[0]}, t_hidden | {state_layers[1]}
     t_cls = s_cls = None
     with autocast():
-        s_out = run_model(model, batch, s_hidden, need.student_attentions)
+        s_out = run_model(model, batch, s_hidden, need.student_attentions, cls_top)
         t_out = teacher_fn(batch, rows, t_hidden, need.teacher_attentions) if need.teacher else None
         losses = {k: knowledge[k](s_out, t_out, batch) for k in pool if weights.get(k, 0.0) > 0}
         if normalizer is None or normalizer.mode == "none":

@@ -244,19 +244,29 @@ def _config(glue_dir: Path, out: Path, **over):
 
 
 class _Spy:
-    """Counts teacher forwards and what they asked for."""
+    """Counts teacher forwards and what they asked for.
+
+    A forward is counted where it starts, at the embeddings, so the logits-only forward of kdray.top_layer
+    (which runs the layers itself, asking for nothing more) counts like the model's own forward.
+    """
 
     def __init__(self) -> None:
         self.calls: list[dict] = []
+        self._asked: dict = {}
 
     def wrap(self, model):
         original = model.forward
 
         def forward(*args, **kwargs):
-            self.calls.append({k: kwargs.get(k) for k in ("output_hidden_states", "output_attentions")})
+            self._asked = {k: kwargs.get(k) for k in ("output_hidden_states", "output_attentions")}
             return original(*args, **kwargs)
 
+        def started(*_):
+            self.calls.append(self._asked or {"output_hidden_states": False, "output_attentions": False})
+            self._asked = {}
+
         model.forward = forward
+        model.base_model.embeddings.register_forward_pre_hook(started)
         return model
 
 

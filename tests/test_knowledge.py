@@ -188,9 +188,12 @@ def test_run_model_asks_hf_only_for_what_is_needed() -> None:
         return original(*args, **kwargs)
 
     model.forward = spy  # type: ignore[method-assign]
-    out = run_model(model, batch())
+    out = run_model(model, batch(), cls_top=False)
     assert seen[-1]["output_hidden_states"] is False and seen[-1]["output_attentions"] is False
     assert out.hidden == {} and out.attentions == {}
+    seen.clear()
+    run_model(model, batch())  # logits only: kdray.top_layer's forward, which runs the layers itself
+    assert seen == []
     out = run_model(model, batch(), {0, 2}, {4})
     assert set(out.hidden) == {0, 2} and set(out.attentions) == {4}
     assert out.attentions[4].shape == (3, 2, 10, 10)

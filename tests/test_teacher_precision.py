@@ -117,7 +117,8 @@ def test_a_real_run_distills_from_the_int8_teacher(glue_dir: Path, tiny_teacher:
     def counting(teacher, precision, autocast, device):
         live, live_autocast = live_teacher(teacher, precision, autocast, device)
         made.append(live)
-        live.register_forward_hook(lambda *_: forwards.append(1))
+        # counted at the embeddings: the logits-only forward (kdray.top_layer) runs the layers, not forward()
+        live.base_model.embeddings.register_forward_hook(lambda *_: forwards.append(1))
         return live, live_autocast
 
     monkeypatch.setattr(run_setup, "live_teacher", counting)

@@ -30,6 +30,8 @@ def step_configs(s: BenchSetup) -> dict[str, tuple[BenchModels, list[str], bool,
     return {
         "plain": (s.sdpa, ["finetune"], False, "finetune only, no teacher forward (SDPA: pool without attention)"),
         "plain_eager": (s.eager, ["finetune"], False, "finetune only, eager attention (a pool with attention)"),
+        "plain_cls_top": (s.sdpa, ["finetune"], False,
+                          "finetune only as kdray runs it: the top layer computes its [CLS] row only (kdray.top_layer)"),
         "all_live": (s.eager, ALL_KINDS, False, "all 6 kinds, live teacher (eager attention)"),
         "cached5": (s.sdpa, CACHED_KINDS, True, "finetune, response, feature, relation, embedding from the cache (SDPA)"),
         "all_cached": (s.eager, ALL_KINDS, True, "all 6 kinds from the cache, attention maps included (eager)"),
@@ -40,6 +42,11 @@ def step_configs(s: BenchSetup) -> dict[str, tuple[BenchModels, list[str], bool,
         "cached4_no_relation": (s.sdpa, ["finetune", "response", "feature", "embedding"], True,
                                 "cached kinds without relation (what relation costs beside the other cached kinds)"),
     }
+
+
+#: configurations that run the student's full forward: the reference every ratio is read against (a plain
+#: transformers step), not kdray's finetune-only step, whose top layer computes its [CLS] row only
+FULL_FORWARD = frozenset({"plain", "plain_eager"})
 
 
 class Stepper:
@@ -53,9 +60,10 @@ class Stepper:
                         for m in (s.eager, s.sdpa)}
 
     def case(self, m: BenchModels, kinds: list[str], cached: bool, forward: torch.nn.Module | None = None,
-             autocast: Autocast | None = None) -> Callable[[], Any]:
+             autocast: Autocast | None = None, cls_top: bool = True) -> Callable[[], Any]:
         """A closure that runs one step (``forward`` replaces the student's forward, e.g. a compiled one;
-        ``autocast`` replaces the run's precision, e.g. ``train.precision: bf16``, teacher forward included)."""
+        ``autocast`` replaces the run's precision, e.g. ``train.precision: bf16``, teacher forward included;
+        ``cls_top=False``: the student's full top layer, see :data:`FULL_FORWARD`)."""
         weights = {k: 1.0 for k in kinds}
         s = self.s
         fn = self.sources[id(m)][int(cached)]
@@ -68,7 +76,7 @@ class Stepper:
         def run() -> Any:
             batch, rows = s.next_batch()
             return distill_step(model, m.student, m.knowledge, m.pool, weights, batch, rows, fn,
-                                m.optimizer, m.scheduler, s.scaler, 1.0, autocast=amp)
+                                m.optimizer, m.scheduler, s.scaler, 1.0, autocast=amp, cls_top=cls_top)
         return run
 
 
@@ -102,7 +110,8 @@ def step_rows(s: BenchSetup, stepper: Stepper) -> tuple[list[Row], dict[str, lis
     sizes = s.sizes
     b, t, name_m = sizes.batch, sizes.seq_len, sizes.model
     configs = step_configs(s)
-    times = interleaved({k: stepper.case(m, kinds, cached) for k, (m, kinds, cached, _) in configs.items()},
+    times = interleaved({k: stepper.case(m, kinds, cached, cls_top=k not in FULL_FORWARD)
+                         for k, (m, kinds, cached, _) in configs.items()},
                         sizes.repeats, sizes.warmup)
     timing = {k: Timing.of(v) for k, v in times.items()}
     plain = timing["plain"].median
@@ -131,7 +140,7 @@ def step_rows(s: BenchSetup, stepper: Stepper) -> tuple[list[Row], dict[str, lis
 
 def flop_rows(s: BenchSetup, stepper: Stepper, plain: Timing, peak: GemmPeak) -> list[Row]:
     """The plain step's FLOPs (counted) and its achieved FLOP/s as a share of the measured GEMM peak."""
-    eff = step_efficiency(stepper.case(*step_configs(s)["plain"][:3]), plain.median, peak)
+    eff = step_efficiency(stepper.case(*step_configs(s)["plain"][:3], cls_top=False), plain.median, peak)
     sz = s.sizes
     return [Row("flops", "plain_step_vs_gemm_peak", sz.model, sz.batch, sz.seq_len, plain.median, eff.fraction,
                 "x GEMM peak", repeats=plain.repeats, spread=plain.spread,
@@ -147,7 +156,9 @@ def compile_rows(s: BenchSetup, stepper: Stepper, plain_s: float, log: Log) -> l
     start = clock()
     stepper.case(m, kinds, cached, compiled)()  # the first step compiles (the cost every run pays once per shape)
     compile_s = clock() - start
-    times = interleaved({"eager": stepper.case(m, kinds, cached), "compiled": stepper.case(m, kinds, cached, compiled)},
+    # eager runs the full forward too: a compiled module runs its own (kdray.top_layer does not apply to it)
+    times = interleaved({"eager": stepper.case(m, kinds, cached, cls_top=False),
+                         "compiled": stepper.case(m, kinds, cached, compiled)},
                         sz.repeats, sz.warmup)
     eager, comp = Timing.of(times["eager"]), Timing.of(times["compiled"])
     paired = paired_ratio(times["compiled"], times["eager"])

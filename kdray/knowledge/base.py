@@ -17,6 +17,7 @@ from torch import nn
 
 from kdray.models import LayerMapMode, layer_map
 from kdray.registry import KNOWLEDGE_KINDS, require_declared
+from kdray.top_layer import cls_top_forward, prunable
 
 
 @dataclass
@@ -167,9 +168,18 @@ def run_model(
     batch: dict[str, torch.Tensor],
     hidden: frozenset[int] | set[int] = frozenset(),
     attentions: frozenset[int] | set[int] = frozenset(),
+    cls_top: bool = True,
 ) -> ModelOutputs:
-    """Forward an HF sequence classifier, asking for hidden states / attentions only when needed."""
+    """Forward an HF sequence classifier, asking for hidden states / attentions only when needed.
+
+    When nothing reads the top layer beyond its [CLS] row (no top-layer hidden state, no attention map),
+    ``cls_top`` computes that row only (:mod:`kdray.top_layer`: same logits, less work); ``False`` runs
+    the model's full forward (the bench's reference step).
+    """
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    if cls_top and prunable(model, hidden, attentions):
+        logits, kept = cls_top_forward(model, inputs, hidden)
+        return ModelOutputs(logits=logits, hidden=kept)
     out = model(**inputs, output_hidden_states=bool(hidden), output_attentions=bool(attentions))
     return ModelOutputs(
         logits=out.logits,
