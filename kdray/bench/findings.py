@@ -33,6 +33,15 @@ FINDINGS = """
   and 1.05x is out of reach without changing relation's definition. Of those 8.05, 1.61 GFLOP are the
   teacher-only term (constant per example, computed for the loss value the traces report); caching it would
   save 1.2% of a step. Without relation the cached step is 1.02x (`cached4_no_relation`).
+- **peers/vanilla_kd** (issue #18: <= 0.9x TextBrewer; met since stop 32): until then kdray and TextBrewer ran
+  the same transformers forward and backward for the same losses, and the ratio sat at 1.00-1.03x. A
+  classifier's logits read one row of the top encoder layer, [CLS]; `kdray.top_layer` computes that row alone
+  (keys and values still from every token) whenever no selected kind reads the top layer's hidden states or an
+  attention map: vanilla KD's student and teacher, finetune, reward-set scoring and dev evaluation. That skips
+  about 5/6 of the top layer's forward and backward: `plain_cls_top` against `plain` (the full forward, kept
+  as the reference of every ratio) and `vanilla_kd_cached`. The KD + hidden + attention pair reads every
+  mapped layer, the top one included, so it gains nothing and stays at parity: the same work at the same speed.
+  The reward set's forward is the selector's whole cost, so `overhead_ps50` fell with it.
 - **step/unselected_kinds_overhead** (target 1.00x, replaced `ft_resp_vs_all_live <= 0.8` at stop 21): the
   old target asked that a step with finetune + response selected from the 6-kind pool cost at most 0.8 of a
   step with all 6 selected. Once `relation` became cheap, `all_live` itself fell (MiniLM 32x32: 1.71 -> 1.33

@@ -161,7 +161,8 @@ def render(rows: list[Row], command: str, machine: dict[str, str], seconds: floa
         "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
         "",
         ("Ratios are to `step/plain` of the same model (forward + backward + AdamW step of the student, "
-         "finetune only). Repeats are interleaved (every configuration once per round, the order reversed each "
+         "finetune only, the model's full forward; `step/plain_cls_top` is the same step as kdray runs it, its top "
+         "layer computing the [CLS] row only). Repeats are interleaved (every configuration once per round, the order reversed each "
          "round); spread = half the interquartile range of the repeats, and for a checked ratio the quartiles "
          "of its per-round ratios. Status: pass = target met; miss = missed within the margin (the fixed "
          "margin, or the per-round spread when wider: `kdray.bench.rows`); FAIL = missed beyond it."),
