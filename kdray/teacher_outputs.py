@@ -25,6 +25,7 @@ from torch import nn
 
 from kdray.io import atomic_folder, locked, short_hash
 from kdray.knowledge import ModelOutputs, run_model
+from kdray.knowledge.relation import fsp_sq_norm
 from kdray.loop_data import longest_first_batches
 
 
@@ -47,6 +48,7 @@ class TeacherOutputCache:
         self.num_rows = int(meta["num_rows"])
         self.logits = np.load(self.folder / "logits.npy", mmap_mode="r")
         self.offsets = np.load(self.folder / "offsets.npy")
+        self.lengths = self.offsets[1:] - self.offsets[:-1]
         self.hidden = {l: np.load(self.folder / f"hidden_{l}.npy", mmap_mode="r") for l in self.layers}
         # caches built before attention maps were cached have no such keys: they cover no attention layer
         self.attention_layers: frozenset[int] = frozenset(int(x) for x in meta.get("attention_layers", []))
@@ -54,11 +56,15 @@ class TeacherOutputCache:
         self.attention = {l: np.load(self.folder / f"attention_{l}.npy", mmap_mode="r") for l in self.attention_layers}
         self.attention_offsets = (np.load(self.folder / "attention_offsets.npy") if self.attention_layers
                                   else np.zeros(self.num_rows + 1, dtype=np.int64))
+        # caches built before the relation term was cached have no fsp_pairs: every step computes it
+        self.fsp_pairs: list[tuple[int, int]] = [(int(a), int(b)) for a, b in meta.get("fsp_pairs", [])]
+        self.fsp_sq = np.load(self.folder / "fsp_sq.npy") if self.fsp_pairs else np.zeros((self.num_rows, 0), np.float32)
         self.resident: dict[str, torch.Tensor] = {}  # name -> tensor on the device given to keep_on
 
     @property
     def nbytes(self) -> int:
-        arrays = [self.logits, self.offsets, self.attention_offsets, *self.hidden.values(), *self.attention.values()]
+        arrays = [self.logits, self.offsets, self.attention_offsets, self.fsp_sq, *self.hidden.values(),
+                  *self.attention.values()]
         return int(sum(a.nbytes for a in arrays))
 
     def keep_on(self, device: torch.device, max_fraction: float = 0.3) -> bool:
@@ -79,7 +85,8 @@ class TeacherOutputCache:
     def load_to(self, device: torch.device) -> None:
         """Copy every array to ``device`` (fp16 kept); later batches gather there."""
         # attention blocks are sliced by host offsets (``_attention``), so only the maps themselves move
-        arrays = {"logits": self.logits, "offsets": self.offsets, **{f"hidden_{l}": h for l, h in self.hidden.items()},
+        arrays = {"logits": self.logits, "offsets": self.offsets, "fsp_sq": self.fsp_sq,
+                  **{f"hidden_{l}": h for l, h in self.hidden.items()},
                   **{f"attention_{l}": a for l, a in self.attention.items()}}
         # np.array copies the read-only memory map into writable host memory, which torch can wrap
         self.resident = {name: torch.from_numpy(np.array(a)).to(device) for name, a in arrays.items()}
@@ -100,8 +107,9 @@ class TeacherOutputCache:
         both, so its loss is the live one's).
         """
         maps = {layer: self._attention(rows, seq_len, layer, device) for layer in sorted(attentions)}
+        fsp = self._fsp_sq(rows, seq_len, hidden, device)
         if self.resident:
-            return replace(self._outputs_resident(rows, seq_len, hidden, device), attentions=maps)
+            return replace(self._outputs_resident(rows, seq_len, hidden, device), attentions=maps, fsp_sq=fsp)
         idx = np.asarray(rows, dtype=np.int64)
         logits = torch.from_numpy(np.ascontiguousarray(self.logits[idx])).to(device).float()
         states: dict[int, torch.Tensor] = {}
@@ -115,7 +123,21 @@ class TeacherOutputCache:
                 n = min(end - start, seq_len)
                 out[i, :n] = flat[start : start + n]
             states[layer] = torch.from_numpy(out).to(device, non_blocking=True).float()
-        return ModelOutputs(logits=logits, hidden=states, attentions=maps)
+        return ModelOutputs(logits=logits, hidden=states, attentions=maps, fsp_sq=fsp)
+
+    def _fsp_sq(self, rows: Sequence[int], seq_len: int, hidden: frozenset[int] | set[int],
+                device: torch.device) -> dict[tuple[int, int], torch.Tensor]:
+        """The stored teacher-only relation terms of ``rows`` for the pairs whose layers are asked; none when a
+        row is longer than ``seq_len`` (its states are cut there, so its stored term is not this batch's)."""
+        pairs = [(p, pair) for p, pair in enumerate(self.fsp_pairs) if set(pair) <= set(hidden)]
+        if not pairs or int(self.lengths[list(rows)].max(initial=0)) > seq_len:
+            return {}
+        resident = self.resident.get("fsp_sq")
+        if resident is not None:
+            picked = resident[torch.as_tensor(rows, dtype=torch.long, device=resident.device)]
+        else:
+            picked = torch.from_numpy(np.ascontiguousarray(self.fsp_sq[np.asarray(rows, dtype=np.int64)]))
+        return {pair: picked[:, p].to(device) for p, pair in pairs}
 
     def _attention(self, rows: Sequence[int], seq_len: int, layer: int, device: torch.device) -> torch.Tensor:
         """``[B, heads, seq_len, seq_len]`` maps of ``rows`` at ``layer``: each row's block, zero elsewhere.
@@ -167,6 +189,26 @@ def real_lengths(rows: Sequence[dict[str, Any]]) -> list[int]:
 def attention_bytes(lengths: Sequence[int], heads: int, layers: int) -> int:
     """Bytes the fp16 attention maps of ``layers`` layers take for rows of these lengths (``heads·n²`` each)."""
     return 2 * heads * layers * sum(n * n for n in lengths)
+
+
+def fsp_pairs(layers: set[int] | frozenset[int]) -> list[tuple[int, int]]:
+    """Consecutive pairs of the cached hidden layers: the relation chain's teacher pairs when the cache holds
+    exactly the chain's layers (a pool's feature and relation kinds share the layer map, so it does)."""
+    ordered = sorted(layers)
+    return list(zip(ordered, ordered[1:]))
+
+
+def teacher_fsp_sq(states: dict[int, list[Any]], pairs: list[tuple[int, int]]) -> np.ndarray:
+    """``[N, pairs]`` fp32 ``‖h_aᵀ h_b‖²`` per row from its stored (fp16) states: the relation loss's
+    teacher-only term (``kdray.knowledge.relation.fsp_sq_norm``), computed once here instead of every step."""
+    rows = len(next(iter(states.values())))
+    out = np.zeros((rows, len(pairs)), dtype=np.float32)
+    for i in range(rows):
+        for p, (a, b) in enumerate(pairs):
+            c = torch.from_numpy(states[a][i]).float()[None]
+            d = torch.from_numpy(states[b][i]).float()[None]
+            out[i, p] = float(fsp_sq_norm(c, d)[0])
+    return out
 
 
 @torch.no_grad()
@@ -232,7 +274,11 @@ def _build(teacher: nn.Module, dataset: Any, collate: Callable[[list[dict[str, A
         np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         for l in layers:
             np.save(tmp / f"hidden_{l}.npy", np.concatenate(states[l]))
-        meta: dict[str, Any] = {"layers": sorted(layers), "num_rows": len(rows)}
+        pairs = fsp_pairs(layers)
+        if pairs:
+            np.save(tmp / "fsp_sq.npy", teacher_fsp_sq(states, pairs))
+        meta: dict[str, Any] = {"layers": sorted(layers), "num_rows": len(rows),
+                                "fsp_pairs": [list(p) for p in pairs]}
         if attention_layers:
             np.save(tmp / "attention_offsets.npy", attention_offsets)
             meta.update(attention_layers=sorted(attention_layers), heads=heads)

@@ -69,6 +69,46 @@ def test_cached_teacher_gives_live_losses(tmp_path: Path) -> None:
     assert (again.logits == cache.logits).all()
 
 
+def test_the_cache_stores_the_relation_teacher_term(tmp_path: Path) -> None:
+    """Per row and consecutive cached layers, ‖h_aᵀ h_b‖² of its stored states: a cached relation step reads it
+    instead of computing it, with the same loss; a cache built before it existed still serves every kind."""
+    import json as json_module
+
+    from kdray.knowledge.relation import fsp_sq_norm
+
+    teacher, student = _tiny(0), _tiny(1, hidden=16, layers=2)
+    data = _rows()
+    cache = build_teacher_cache(teacher, data, _pad, {0, 2, 4}, tmp_path / "cache", batch_size=5)
+    assert cache.fsp_pairs == [(0, 2), (2, 4)] and cache.fsp_sq.shape == (len(data), 2)
+    ctx = KnowledgeContext(layer_map=((1, 2), (2, 4)), student_width=16, teacher_width=32)
+    relation = build_knowledge(["relation"], ctx)["relation"]
+    rows = [3, 7, 0, 10]
+    batch = _pad([data[i] for i in rows])
+    seq_len = batch["input_ids"].shape[1]
+    s_out = run_model(student, batch, {0, 1, 2})
+    cached = cache.outputs(rows, seq_len, {0, 2, 4}, torch.device("cpu"))
+    mask = batch["attention_mask"].float().unsqueeze(-1)
+    for pair in ((0, 2), (2, 4)):
+        want = fsp_sq_norm(cached.hidden[pair[0]] * mask, cached.hidden[pair[1]] * mask)
+        torch.testing.assert_close(cached.fsp_sq[pair], want, rtol=1e-4, atol=1e-3)
+    with_term = relation(s_out, cached, batch)
+    cached.fsp_sq.clear()
+    assert with_term.item() == pytest.approx(relation(s_out, cached, batch).item(), rel=1e-5)
+    assert cache.outputs(rows, seq_len, {0, 2}, torch.device("cpu")).fsp_sq.keys() == {(0, 2)}
+    assert not cache.outputs(rows, seq_len - 1, {0, 2, 4}, torch.device("cpu")).fsp_sq  # rows cut: not theirs
+    cache.load_to(torch.device("cpu"))  # the device-resident copy serves it too
+    torch.testing.assert_close(cache.outputs(rows, seq_len, {0, 2, 4}, torch.device("cpu")).fsp_sq[(2, 4)],
+                               want)
+    meta = json_module.loads((tmp_path / "cache" / "meta.json").read_text())
+    del meta["fsp_pairs"]
+    (tmp_path / "cache" / "meta.json").write_text(json_module.dumps(meta))
+    (tmp_path / "cache" / "fsp_sq.npy").unlink()
+    from kdray.teacher_outputs import TeacherOutputCache
+
+    old = TeacherOutputCache(tmp_path / "cache")
+    assert not old.outputs(rows, seq_len, {0, 2, 4}, torch.device("cpu")).fsp_sq
+
+
 def test_cached_attention_maps_give_the_live_attention_loss(tmp_path: Path) -> None:
     """Attention maps stored per row over its real tokens serve the attention kind as a live forward does,
     from the memory map and from a device-resident copy, and only for the layers the cache holds."""

@@ -142,3 +142,22 @@ def test_relation_kind_equals_the_fsp_matrix_definition(widths: tuple[int, int])
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
     for g_new, g_ref in zip(grads, ref_grads):
         assert torch.allclose(g_new, g_ref, rtol=1e-4, atol=1e-6 * g_ref.abs().max().item())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_precomputed_teacher_term_gives_the_same_loss_and_gradients(shape: tuple[int, int, int, int]) -> None:
+    """The teacher-output cache's per-row ‖CᵀD‖² replaces the gram path's teacher-only Grams exactly."""
+    from kdray.knowledge.relation import fsp_sq_norm
+
+    b, t, h, layers = shape
+    students, teachers = chains(b, t, h, layers, seed=sum(shape) + 1)
+    mask = padded_mask(b, t, seed=t + 1)
+    m = mask.float().unsqueeze(-1)
+    stored = [fsp_sq_norm(teachers[i] * m, teachers[i + 1] * m) for i in range(layers - 1)]
+    truth, truth_grads = value_and_grads(fsp_loss_gram, students, teachers, mask)
+    value, grads = value_and_grads(lambda s, c, k: fsp_loss_gram(s, c, k, stored), students, teachers, mask)
+    assert value == pytest.approx(truth, rel=1e-5, abs=1e-7)
+    for g, want in zip(grads, truth_grads):
+        torch.testing.assert_close(g, want)
+    wrong = [x * 2 for x in stored]  # the stored term is used, not recomputed
+    assert fsp_loss_gram(students, teachers, mask, wrong).item() > truth

@@ -31,8 +31,9 @@ FINDINGS = """
   and backward count 8.05 GFLOP (FlopCounterMode, `python -m kdray.perf.relation_cost`), 5.8% of the plain
   step's 137.7, so a cached step with relation cannot come under about 1.06x at the step's own FLOP rate,
   and 1.05x is out of reach without changing relation's definition. Of those 8.05, 1.61 GFLOP are the
-  teacher-only term (constant per example, computed for the loss value the traces report); caching it would
-  save 1.2% of a step. Without relation the cached step is 1.02x (`cached4_no_relation`).
+  teacher-only term (constant per example, computed for the loss value the traces report): since stop 32 the
+  teacher-output cache stores it per row (`fsp_sq.npy`), which leaves about 6.4 GFLOP, 4.7% of the plain step.
+  Without relation the cached step is 1.00-1.04x (`cached4_no_relation`).
 - **peers/vanilla_kd** (issue #18: <= 0.9x TextBrewer; met since stop 32): until then kdray and TextBrewer ran
   the same transformers forward and backward for the same losses, and the ratio sat at 1.00-1.03x. A
   classifier's logits read one row of the top encoder layer, [CLS]; `kdray.top_layer` computes that row alone

@@ -29,11 +29,15 @@ class ModelOutputs:
         hidden: layer number -> ``[B, T, H]``; 0 is the embedding output, i the i-th encoder layer
             (HF ``hidden_states`` indices). Only the layers somebody asked for are present.
         attentions: encoder layer number (1-based) -> post-softmax ``[B, heads, T, T]``.
+        fsp_sq: (layer a, layer b) -> ``[B]`` fp32 ``‖h_aᵀ h_b‖²`` per example over its real tokens, not
+            normalised: the relation loss's teacher-only term, which the teacher-output cache stores for
+            consecutive cached layers so a cached step need not recompute it. Empty for a live forward.
     """
 
     logits: torch.Tensor
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)
     attentions: dict[int, torch.Tensor] = field(default_factory=dict)
+    fsp_sq: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
