@@ -30,7 +30,17 @@ def prunable(model: nn.Module, hidden: frozenset[int] | set[int], attentions: fr
     cfg = model.config
     if cfg.is_decoder or getattr(cfg, "add_cross_attention", False) or model.bert.pooler is None:
         return False
-    return len(model.bert.encoder.layer) not in hidden
+    return len(model.bert.encoder.layer) not in hidden and _has_bert_layout(model.bert.encoder.layer[-1])
+
+
+def _has_bert_layout(layer: nn.Module) -> bool:
+    """The submodules :func:`_cls_row_layer` calls, as transformers 5.x's BertLayer has them: a release that
+    renames them gets the model's own forward, not an AttributeError mid-run."""
+    attn = getattr(getattr(layer, "attention", None), "self", None)
+    parts = [getattr(attn, name, None) for name in ("query", "key", "value", "dropout")]
+    return (all(isinstance(p, nn.Module) for p in parts) and hasattr(attn, "attention_head_size")
+            and isinstance(getattr(layer.attention, "output", None), nn.Module)
+            and callable(getattr(layer, "feed_forward_chunk", None)))
 
 
 def _cls_row_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -100,3 +100,14 @@ def test_wrapped_or_other_models_run_their_own_forward() -> None:
     pooler_less = _model("sdpa")
     pooler_less.bert.pooler = None
     assert not prunable(pooler_less, frozenset(), frozenset())
+
+
+
+def test_a_layer_laid_out_otherwise_gets_the_models_own_forward() -> None:
+    """A transformers release that renamed the pieces the [CLS]-row layer calls falls back, never half-runs."""
+    model = _model("sdpa")
+    assert prunable(model, frozenset(), frozenset())
+    attn = model.bert.encoder.layer[-1].attention.self
+    attn.q_proj = attn.query
+    del attn.query
+    assert not prunable(model, frozenset(), frozenset())
