@@ -19,13 +19,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+import transformers
 from transformers import BertForSequenceClassification
-from transformers.masking_utils import create_bidirectional_mask
+
+try:
+    from transformers.masking_utils import create_bidirectional_mask
+except ImportError:  # pragma: no cover - transformers 4.x before masking_utils
+    create_bidirectional_mask = None
+
+#: tested on transformers 5.x; pyproject admits 4.40+, whose BERT layers take other masks and outputs, so
+#: there every model keeps its own forward
+SUPPORTED = create_bidirectional_mask is not None and int(transformers.__version__.split(".")[0]) >= 5
 
 
 def prunable(model: nn.Module, hidden: frozenset[int] | set[int], attentions: frozenset[int] | set[int]) -> bool:
     """Whether :func:`cls_top_forward` gives ``model``'s logits and the asked ``hidden`` layers exactly."""
-    if attentions or type(model) is not BertForSequenceClassification:
+    if attentions or not SUPPORTED or type(model) is not BertForSequenceClassification:
         return False
     cfg = model.config
     if cfg.is_decoder or getattr(cfg, "add_cross_attention", False) or model.bert.pooler is None:
