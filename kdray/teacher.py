@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from kdray.config import EVAL_BATCH_SIZE, DataConfig, RunConfig, TeacherConfig
 from kdray.glue import get_task, make_collator, prepare_data
 from kdray.io import TMP_SUFFIX, atomic_folder, atomic_write_json, locked, short_hash
+from kdray.knowledge import run_model, task_loss
 from kdray.loop_data import bucketed_batches
 from kdray.models import load_teacher, load_tokenizer, resolve_model
 from kdray.paths import cache_root as default_cache_root
@@ -124,13 +125,16 @@ def _fit(model: torch.nn.Module, train: _TrainRows, collate: Callable, teacher: 
     optimizer = adamw([model], teacher.lr, teacher.weight_decay)
     scheduler = linear_schedule(optimizer, total_steps, teacher.warmup_ratio, warmup="hf_linear")
     gen = torch.Generator().manual_seed(teacher.seed)
+    regression = model.config.problem_type == "regression"  # load_teacher sets it from the task
     bar = tqdm(total=total_steps, desc=desc, disable=not progress, dynamic_ncols=True)
     step, epoch, running = 0, 0, None
     while step < total_steps:
         for batch_rows in bucketed_batches(train.lengths, teacher.batch_size, gen):
             if step >= total_steps:
                 break
-            loss = model(**train.batch(collate, batch_rows, device)).loss
+            batch = train.batch(collate, batch_rows, device)
+            # logits from kdray's run_model: its top layer computes the [CLS] row only (kdray.top_layer)
+            loss = task_loss(run_model(model, batch).logits, batch["labels"], regression)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
