@@ -25,8 +25,12 @@ from torch import nn
 
 from kdray.io import atomic_folder, locked, short_hash
 from kdray.knowledge import ModelOutputs, run_model
-from kdray.knowledge.relation import fsp_sq_norm
+from kdray.knowledge.relation import chain_fsp_sq
 from kdray.loop_data import longest_first_batches
+
+
+#: per row, the relation loss's teacher-only term for each pair of :func:`fsp_pairs` (``[rows, pairs]`` fp32)
+FSP_FILE = "fsp_sq.npy"
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -56,9 +60,10 @@ class TeacherOutputCache:
         self.attention = {l: np.load(self.folder / f"attention_{l}.npy", mmap_mode="r") for l in self.attention_layers}
         self.attention_offsets = (np.load(self.folder / "attention_offsets.npy") if self.attention_layers
                                   else np.zeros(self.num_rows + 1, dtype=np.int64))
-        # caches built before the relation term was cached have no fsp_pairs: every step computes it
-        self.fsp_pairs: list[tuple[int, int]] = [(int(a), int(b)) for a, b in meta.get("fsp_pairs", [])]
-        self.fsp_sq = np.load(self.folder / "fsp_sq.npy") if self.fsp_pairs else np.zeros((self.num_rows, 0), np.float32)
+        # caches built before the relation term was cached have no fsp_sq.npy: every step computes it
+        stored = (self.folder / FSP_FILE).is_file()
+        self.fsp_pairs: list[tuple[int, int]] = fsp_pairs(self.layers) if stored else []
+        self.fsp_sq = np.load(self.folder / FSP_FILE) if stored else np.zeros((self.num_rows, 0), np.float32)
         self.resident: dict[str, torch.Tensor] = {}  # name -> tensor on the device given to keep_on
 
     @property
@@ -198,17 +203,13 @@ def fsp_pairs(layers: set[int] | frozenset[int]) -> list[tuple[int, int]]:
     return list(zip(ordered, ordered[1:]))
 
 
-def teacher_fsp_sq(states: dict[int, list[Any]], pairs: list[tuple[int, int]]) -> np.ndarray:
-    """``[N, pairs]`` fp32 ``‖h_aᵀ h_b‖²`` per row from its stored (fp16) states: the relation loss's
-    teacher-only term (``kdray.knowledge.relation.fsp_sq_norm``), computed once here instead of every step."""
-    rows = len(next(iter(states.values())))
-    out = np.zeros((rows, len(pairs)), dtype=np.float32)
-    for i in range(rows):
-        for p, (a, b) in enumerate(pairs):
-            c = torch.from_numpy(states[a][i]).float()[None]
-            d = torch.from_numpy(states[b][i]).float()[None]
-            out[i, p] = float(fsp_sq_norm(c, d)[0])
-    return out
+def batch_fsp_sq(hidden: dict[int, torch.Tensor], attention_mask: torch.Tensor, chain: list[int]) -> np.ndarray:
+    """``[B, len(chain) - 1]`` fp32 relation teacher-only terms of one build batch, for the consecutive pairs of
+    ``chain`` (:func:`fsp_pairs`), from its states rounded to the fp16 the cache stores (so they are the terms
+    of the stored states) and masked to each row's real tokens."""
+    mask = attention_mask.float().unsqueeze(-1)
+    terms = chain_fsp_sq([hidden[layer].half().float() * mask for layer in chain])
+    return torch.stack(terms, dim=1).cpu().numpy()
 
 
 @torch.no_grad()
@@ -247,6 +248,8 @@ def _build(teacher: nn.Module, dataset: Any, collate: Callable[[list[dict[str, A
     attention_offsets = np.concatenate([[0], np.cumsum([heads * n * n for n in lengths])]).astype(np.int64)
     logits: list[np.ndarray | None] = [None] * len(rows)
     states: dict[int, list[np.ndarray | None]] = {l: [None] * len(rows) for l in layers}
+    chain = sorted(layers)  # the relation term's pairs (fsp_pairs): consecutive cached layers
+    fsp = np.zeros((len(rows), max(len(chain) - 1, 0)), dtype=np.float32)
     with atomic_folder(folder) as tmp:  # a rebuildable cache: the folder's rename is what must be atomic
         # attention maps go straight to disk: they can be far larger than the hidden states kept in memory
         maps = {l: np.lib.format.open_memmap(tmp / f"attention_{l}.npy", mode="w+", dtype=np.float16,
@@ -257,6 +260,8 @@ def _build(teacher: nn.Module, dataset: Any, collate: Callable[[list[dict[str, A
             lens = batch["attention_mask"].sum(1).tolist()
             if [int(n) for n in lens] != [lengths[i] for i in chunk]:
                 raise ValueError("collate changed the rows' real lengths; the cache stores each row's own tokens")
+            if fsp.shape[1]:
+                fsp[chunk] = batch_fsp_sq(out.hidden, batch["attention_mask"], chain)
             chunk_logits = out.logits.float().cpu().numpy().astype(np.float16)
             hidden = {l: out.hidden[l].float().cpu().numpy().astype(np.float16) for l in layers}
             attn = {l: out.attentions[l].float().cpu().numpy().astype(np.float16) for l in attention_layers}
@@ -274,11 +279,9 @@ def _build(teacher: nn.Module, dataset: Any, collate: Callable[[list[dict[str, A
         np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         for l in layers:
             np.save(tmp / f"hidden_{l}.npy", np.concatenate(states[l]))
-        pairs = fsp_pairs(layers)
-        if pairs:
-            np.save(tmp / "fsp_sq.npy", teacher_fsp_sq(states, pairs))
-        meta: dict[str, Any] = {"layers": sorted(layers), "num_rows": len(rows),
-                                "fsp_pairs": [list(p) for p in pairs]}
+        if fsp.shape[1]:
+            np.save(tmp / FSP_FILE, fsp)
+        meta: dict[str, Any] = {"layers": sorted(layers), "num_rows": len(rows)}
         if attention_layers:
             np.save(tmp / "attention_offsets.npy", attention_offsets)
             meta.update(attention_layers=sorted(attention_layers), heads=heads)

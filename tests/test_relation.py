@@ -147,13 +147,13 @@ def test_relation_kind_equals_the_fsp_matrix_definition(widths: tuple[int, int])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_a_precomputed_teacher_term_gives_the_same_loss_and_gradients(shape: tuple[int, int, int, int]) -> None:
     """The teacher-output cache's per-row ‖CᵀD‖² replaces the gram path's teacher-only Grams exactly."""
-    from kdray.knowledge.relation import fsp_sq_norm
+    from kdray.knowledge.relation import chain_fsp_sq
 
     b, t, h, layers = shape
     students, teachers = chains(b, t, h, layers, seed=sum(shape) + 1)
     mask = padded_mask(b, t, seed=t + 1)
     m = mask.float().unsqueeze(-1)
-    stored = [fsp_sq_norm(teachers[i] * m, teachers[i + 1] * m) for i in range(layers - 1)]
+    stored = chain_fsp_sq([x * m for x in teachers])
     truth, truth_grads = value_and_grads(fsp_loss_gram, students, teachers, mask)
     value, grads = value_and_grads(lambda s, c, k: fsp_loss_gram(s, c, k, stored), students, teachers, mask)
     assert value == pytest.approx(truth, rel=1e-5, abs=1e-7)

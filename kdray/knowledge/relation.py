@@ -90,10 +90,13 @@ class _StudentGrams(torch.autograd.Function):
         return torch.bmm(torch.cat([g_s + g_s.mT, g_x], dim=2), both), None
 
 
-def fsp_sq_norm(c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """``‖cᵀd‖²`` per example for masked ``[B, T, H]`` states, from ``[B, T, T]`` Grams (the gram path's
-    teacher-only term; what the teacher-output cache stores per row)."""
-    return _pair_dot(c @ c.mT, d @ d.mT)
+@torch.no_grad()
+def chain_fsp_sq(states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``‖cᵀd‖²`` per example for each consecutive pair of masked ``[B, T, H]`` states along a chain, from
+    ``[B, T, T]`` Grams, each layer's computed once: the gram path's teacher-only term, which the
+    teacher-output cache stores per row."""
+    grams = [x @ x.mT for x in states]
+    return [_pair_dot(grams[i], grams[i + 1]) for i in range(len(grams) - 1)]
 
 
 def fsp_loss_gram(
@@ -103,7 +106,7 @@ def fsp_loss_gram(
     """:func:`fsp_loss_direct` computed exactly from ``[B, T, T]`` token Gram products (see the module docstring).
 
     Teacher states are constants (no gradient flows to them), as the loop's no-grad teacher outputs are.
-    ``teacher_sq``: each pair's teacher-only term per example (:func:`fsp_sq_norm` of the masked states), when
+    ``teacher_sq``: each pair's teacher-only term per example (:func:`chain_fsp_sq` of the masked states), when
     the teacher-output cache holds it; computed here otherwise.
     """
     first = students[0]
@@ -115,9 +118,7 @@ def fsp_loss_gram(
         c = [t.detach().float() * mask for t in teachers]
         grams = [_StudentGrams.apply(x, y) for x, y in zip(a, c)]
         if teacher_sq is None:
-            with torch.no_grad():
-                t_gram = [y @ y.mT for y in c]
-                teacher_sq = [_pair_dot(t_gram[i], t_gram[i + 1]) for i in range(len(c) - 1)]
+            teacher_sq = chain_fsp_sq(c)
         losses = []
         for i in range(len(a) - 1):
             (s_i, x_i), (s_j, x_j) = (grams[k].split(t_len, dim=2) for k in (i, i + 1))
