@@ -205,12 +205,14 @@ def test_the_bf16_teacher_pair_is_skipped_where_bf16_is_slow(monkeypatch: pytest
 
     from kdray.perf.sides import PAIRS
 
-    bench_peers = _peers_reaching_compare(monkeypatch, "bf16", ["vanilla_kd_bf16_teacher"])
+    bench_peers = _peers_reaching_compare(monkeypatch, "bf16", ["vanilla_kd_bf16_teacher",
+                                                                 "kd_hidden_attention_bf16_teacher"])
     monkeypatch.setattr(bench_peers, "bf16_is_slow_here", lambda device: True)
     said: list[str] = []
     rows = bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, said.append)
-    assert [r.name for r in rows] == ["vanilla_kd_bf16_teacher_skipped", "torchdistill_skipped"]
-    assert "no oneDNN bf16 path" in rows[0].note and not rows[0].status and any("skipped" in s for s in said)
+    assert [r.name for r in rows] == ["vanilla_kd_bf16_teacher_skipped", "kd_hidden_attention_bf16_teacher_skipped",
+                                      "torchdistill_skipped"]
+    assert all("no oneDNN bf16 path" in r.note and not r.status for r in rows[:2]) and any("skipped" in s for s in said)
     monkeypatch.setattr(bench_peers, "bf16_is_slow_here", lambda device: False)
     with pytest.raises(_Compared):
         bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, said.append)
@@ -226,16 +228,18 @@ def test_the_int8_teacher_pair_runs_on_cpus_with_a_quantized_engine(monkeypatch:
     or without an engine (never a timing of something else)."""
     import torch
 
-    bench_peers = _peers_reaching_compare(monkeypatch, "int8", ["vanilla_kd_int8_teacher"])
+    bench_peers = _peers_reaching_compare(monkeypatch, "int8", ["vanilla_kd_int8_teacher",
+                                                                 "kd_hidden_attention_int8_teacher"])
     with pytest.raises(_Compared):
         bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, lambda _: None)
     rows = bench_peers.peer_rows("quick", 2, 1, torch.device("cuda"), None, lambda _: None)
-    assert rows[0].name == "vanilla_kd_int8_teacher_skipped" and "CPUs only" in rows[0].note
+    assert [r.name for r in rows[:2]] == ["vanilla_kd_int8_teacher_skipped", "kd_hidden_attention_int8_teacher_skipped"]
+    assert all("CPUs only" in r.note for r in rows[:2])
     import kdray.teacher_precision as teacher_precision
 
     monkeypatch.setattr(teacher_precision, "int8_engine", lambda: None)
     rows = bench_peers.peer_rows("quick", 2, 1, torch.device("cpu"), None, lambda _: None)
-    assert rows[0].name == "vanilla_kd_int8_teacher_skipped" and "no quantized engine" in rows[0].note
+    assert rows[1].name == "kd_hidden_attention_int8_teacher_skipped" and "no quantized engine" in rows[1].note
 
 
 def test_run_bench_rejects_an_unknown_scale() -> None:

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from kdray.knowledge import run_model
+from kdray.knowledge import needs_of, run_model
 from kdray.perf import peers
 from kdray.perf.pair import SHAPES, build_pair, synthetic_batches
 from kdray.perf.sides import PAIRS, KdraySide, TextBrewerSide, textbrewer_missing
@@ -98,6 +98,31 @@ def test_the_int8_teacher_pair_quantizes_only_kdrays_teacher() -> None:
         reference = pair.teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
     assert logits.dtype == torch.float32 and not torch.equal(logits, reference)
     assert torch.allclose(logits, reference, atol=0.05 * float(reference.abs().max()))
+    assert math.isfinite(float(side.step(batch).detach()))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_the_reduced_precision_hidden_attention_pairs_give_every_mapped_output(precision: str) -> None:
+    """kd_hidden_attention_{bf16,int8}_teacher: kdray's teacher in the other precision still returns every mapped
+    hidden state and attention map, close to the fp32 teacher's, and the fp32 student learns from them."""
+    from kdray.teacher_precision import int8_engine
+
+    if precision == "int8" and int8_engine() is None:
+        pytest.skip("this torch build has no quantized engine")
+    pair = build_pair(SHAPES["tiny"], eager=True)
+    batch = synthetic_batches(SHAPES["tiny"], 1)[0]
+    cpu = torch.device("cpu")
+    side = KdraySide(pair, pair.students[0], PAIRS[f"kd_hidden_attention_{precision}_teacher"], cpu,
+                     peers.step_autocast(cpu))
+    needs = needs_of(side.knowledge, side.weights)
+    assert needs.teacher_hidden and needs.teacher_attentions
+    got = side.teacher_fn(batch, list(range(pair.shape.batch)), needs.teacher_hidden, needs.teacher_attentions)
+    with torch.no_grad():
+        reference = run_model(pair.teacher, batch, needs.teacher_hidden, needs.teacher_attentions)
+    assert set(got.hidden) == set(needs.teacher_hidden) and set(got.attentions) == set(needs.teacher_attentions)
+    for layer, maps in got.attentions.items():
+        assert torch.allclose(maps.float(), reference.attentions[layer], atol=0.05)
+    assert not torch.equal(got.logits.float(), reference.logits)  # another precision, not the fp32 teacher
     assert math.isfinite(float(side.step(batch).detach()))
 
 

@@ -43,6 +43,14 @@ FINDINGS = """
   as the reference of every ratio) and `vanilla_kd_cached`. The KD + hidden + attention pair reads every
   mapped layer, the top one included, so it gains nothing and stays at parity: the same work at the same speed.
   The reward set's forward is the selector's whole cost, so `overhead_ps50` fell with it.
+- **peers/kd_hidden_attention** (issue #18: <= 0.7x TextBrewer; not met live): both sides run the teacher's
+  full forward with every mapped hidden state and attention map, and the student's full forward and backward
+  with eager attention (every student layer is mapped, the top one included), for the same losses: parity.
+  Eager attention is not the cost (`plain_eager` against `plain`: 0.99-1.11x). The teacher-side rows bound
+  what any teacher-side saving can give: `kd_hidden_attention_cached` runs no teacher forward at all, and it
+  is about 0.7x; a bf16 or int8 teacher (`kd_hidden_attention_bf16_teacher`, `_int8_teacher`, on CPUs that
+  have the fast path) lands between the two. Going lower needs the student's own work to shrink (its
+  precision, `train.precision`), which TextBrewer's step would then have to match to be the same comparison.
 - **step/unselected_kinds_overhead** (target 1.00x, replaced `ft_resp_vs_all_live <= 0.8` at stop 21): the
   old target asked that a step with finetune + response selected from the 6-kind pool cost at most 0.8 of a
   step with all 6 selected. Once `relation` became cheap, `all_live` itself fell (MiniLM 32x32: 1.71 -> 1.33

@@ -68,6 +68,14 @@ PAIRS: dict[str, PeerPair] = {
                                         "logits KD + hard labels (SDPA attention); kdray's teacher forward in int8 "
                                         "(train.teacher_precision: int8, CPUs), TextBrewer's as the step's",
                                         kdray_teacher_precision="int8"),
+    "kd_hidden_attention_bf16_teacher": PeerPair(
+        "kd_hidden_attention_bf16_teacher", ("response", "feature", "attention"), True, False, True,
+        "logits KD + hidden MSE + attention MSE (eager attention); kdray's teacher forward in bf16 "
+        "(train.teacher_precision: bf16), TextBrewer's as the step's", kdray_teacher_precision="bf16"),
+    "kd_hidden_attention_int8_teacher": PeerPair(
+        "kd_hidden_attention_int8_teacher", ("response", "feature", "attention"), True, False, True,
+        "logits KD + hidden MSE + attention MSE (eager attention); kdray's teacher forward in int8 "
+        "(train.teacher_precision: int8, CPUs), TextBrewer's as the step's", kdray_teacher_precision="int8"),
     "kd_hidden_attention_cached": PeerPair(
         "kd_hidden_attention_cached", ("response", "feature", "attention"), True, False, True,
         "logits KD + hidden MSE + attention MSE (eager attention); kdray from its teacher-output cache "
