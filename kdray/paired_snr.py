@@ -215,12 +215,43 @@ def summarise(branches: pd.DataFrame, main: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def seed_stability(branches: pd.DataFrame) -> pd.DataFrame:
+    """Per task: how much of the paired advantage do the candidate and the boundary predict, in every seed alike?
+
+    The advantage ``a[s, b, c]`` = mean over replicates of L[ref] - L[c] (non-reference candidates; 0 means as
+    good as the reference). Over the cells (boundary, candidate) with n seeds each: ``mean_advantage`` = the mean advantage,
+    ``seed_sd`` = the pooled within-cell std over seeds, ``cell_effect_sd`` = the std of the cells' true means
+    (var of the cell means minus seed variance / n, the one-way ANOVA estimate, floored at 0), and
+    ``predictable_share`` = (mean² + cell effect²) / (that + seed variance): the share of the advantage's mean
+    square about 0 that a learner knowing each cell's true mean gets right on a new seed. The rest changes from
+    seed to seed with the phase's batches and the student's state; dropout is a small part of it (advantage noise).
+    """
+    out = []
+    for task, group in branches.groupby("task", sort=False):
+        ref = group.candidate.iloc[0]
+        table = group.pivot_table(index=["seed", "boundary", "replicate"], columns="candidate", values="loss_after")
+        adv = pd.concat([(table[ref] - table[c]).rename("adv").reset_index().assign(candidate=c)
+                         for c in table if c != ref])
+        cells = adv.groupby(["seed", "boundary", "candidate"]).adv.mean().groupby(level=["boundary", "candidate"])
+        n = int(cells.size().min())
+        seed_var = float(cells.var(ddof=1).mean()) if n > 1 else math.nan
+        means = cells.mean()
+        effect = max(float(means.var(ddof=1)) - seed_var / n, 0.0) if len(means) > 1 and n > 1 else math.nan
+        known = float(means.mean()) ** 2 + effect
+        out.append({"task": task, "cells": len(means), "seeds": n, "mean_advantage": float(means.mean()),
+                    "cell_effect_sd": math.sqrt(effect), "seed_sd": math.sqrt(seed_var),
+                    "predictable_share": known / (known + seed_var) if known + seed_var > 0 else math.nan})
+    return pd.DataFrame(out)
+
+
 def _pm(x: pd.Series, fmt: str) -> str:
     return f"{x.mean():{fmt}} ± {x.std(ddof=1):{fmt}}" if len(x) > 1 else f"{x.mean():{fmt}}"
 
 
-def render(summary: pd.DataFrame, plan: Plan, command: str, seconds: float) -> str:
-    """The markdown page: definitions, per task (mean ± std over seeds), per boundary."""
+def render(summary: pd.DataFrame, plan: Plan, command: str, seconds: float,
+           stability: pd.DataFrame | None = None) -> str:
+    """The markdown page: definitions, per task (mean ± std over seeds), per boundary, and seed stability."""
+    stability = pd.DataFrame() if stability is None else stability
     doc = (__doc__ or "").split("Procedure", 1)[1].split("Rows go to", 1)[0]
     lines = ["# Paired against unpaired reward: signal-to-noise per phase", "",
              f"Command: `{command}`  ",
@@ -245,7 +276,22 @@ def render(summary: pd.DataFrame, plan: Plan, command: str, seconds: float) -> s
     for (task, b), g in summary.groupby(["task", "boundary"], sort=False):
         cells = [_pm(g[c], ".4f") for c in cols[:4]] + [_pm(g[c], ".2f") for c in cols[4:]]
         lines.append(f"| {task} | {b} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _stability_lines(stability)) + "\n"
+
+
+def _stability_lines(stability: pd.DataFrame) -> list[str]:
+    if stability.empty:
+        return []
+    lines = ["", "## Does the advantage repeat across seeds? (`seed_stability`)", "",
+             "| task | cells (boundary x candidate) | seeds | mean advantage | cell-effect sd | seed-to-seed sd | "
+             "predictable share |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.task} | {r.cells} | {r.seeds} | {r.mean_advantage:+.4f} | {r.cell_effect_sd:.4f} | {r.seed_sd:.4f} | "
+              f"{r.predictable_share:.2f} |" for r in stability.itertuples()]
+    return lines + ["", "Advantage = reference minus candidate (0: as good as the reference), mean over replicates. "
+                        "Predictable share: of the advantage's mean square about 0, the part that each cell's true "
+                        "mean (one-way ANOVA estimate) carries, i.e. what candidate and training progress can "
+                        "predict on a new seed; the rest changes from seed to seed (the phase's batches, the "
+                        "student's state), little of it with dropout (advantage noise)."]
 
 
 def _plan_columns(plan: Plan) -> dict[str, Any]:
@@ -273,7 +319,7 @@ def _write(out: Path, rows: pd.DataFrame, main: pd.DataFrame, plan: Plan, comman
     seconds = float(main.drop_duplicates(["task", "seed"])["run_seconds"].sum())
     atomic_write_parquet(out / "paired_snr.parquet", pa.Table.from_pandas(rows, preserve_index=False))
     atomic_write_parquet(out / "main_run.parquet", pa.Table.from_pandas(main, preserve_index=False))
-    atomic_write_text(out / "paired_snr.md", render(summary, plan, command, seconds))
+    atomic_write_text(out / "paired_snr.md", render(summary, plan, command, seconds, seed_stability(rows)))
     return summary
 
 

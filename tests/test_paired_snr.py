@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from kdray.cli import main
 from kdray.loop import Loop
-from kdray.paired_snr import Plan, branch_losses, run
+from kdray.paired_snr import Plan, branch_losses, run, seed_stability
 from kdray.run_setup import set_up
 
 torch.set_num_threads(1)
@@ -75,6 +76,7 @@ def test_tool_writes_its_rows(glue_dir: Path, tiny_teacher: str, tmp_path: Path)
     assert len(summary) == 4 and (summary.paired_snr > 0).all() and (summary.unpaired_noise > 0).all()
     text = (tmp_path / "out" / "paired_snr.md").read_text()
     assert "| rte | 2 |" in text and "paired SNR" in text and "unpaired noise = std" in text and "Procedure" in text
+    assert "Does the advantage repeat across seeds?" in text and "| rte | 4 | 2 |" in text
     # --resume keeps both recorded runs of this plan and measures nothing; another plan keeps none
     said: list[str] = []
     again = run(["rte"], [tiny_teacher], [1, 2], plan, str(tmp_path / "out"), data, log=said.append, resume=True,
@@ -103,3 +105,32 @@ def test_teacher_dir_without_config_is_one_line(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err.strip()
     assert "no config.json there" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def _branches(advantage: Callable[[int, int, str], float], seeds: int = 4) -> pd.DataFrame:
+    """Branch rows whose reference-minus-candidate advantage is ``advantage(seed, boundary, candidate)``; the two
+    replicates differ by a small dropout term that cancels in the replicate mean."""
+    rows = []
+    for seed in range(1, seeds + 1):
+        for boundary in (0, 20, 40):
+            for replicate, jitter in ((0, 1e-4), (1, -1e-4)):
+                rows.append({"task": "t", "seed": seed, "boundary": boundary, "candidate": "all", "replicate": replicate,
+                             "loss_after": 0.5 + jitter})
+                for c in ("finetune", "teacher"):
+                    rows.append({"task": "t", "seed": seed, "boundary": boundary, "candidate": c,
+                                 "replicate": replicate, "loss_after": 0.5 - advantage(seed, boundary, c) + jitter})
+    return pd.DataFrame(rows)
+
+
+def test_seed_stability_separates_a_repeating_advantage_from_a_seed_specific_one() -> None:
+    stable = seed_stability(_branches(lambda s, b, c: (b / 40 - 0.5) * (1 if c == "teacher" else -1) * 0.02))
+    row = stable.iloc[0]
+    assert (row.cells, row.seeds) == (6, 4) and row.mean_advantage == pytest.approx(0.0, abs=1e-12)
+    assert row.predictable_share == pytest.approx(1.0) and row.seed_sd == pytest.approx(0.0, abs=1e-9)
+    rng = np.random.default_rng(0)
+    noise = {(s, b, c): rng.normal(0, 0.02) for s in range(1, 5) for b in (0, 20, 40) for c in ("finetune", "teacher")}
+    seed_only = seed_stability(_branches(lambda s, b, c: noise[(s, b, c)])).iloc[0]
+    assert seed_only.predictable_share < 0.3 and seed_only.seed_sd == pytest.approx(0.02, rel=0.5)
+    # every candidate a little worse than the reference in every seed: the mean alone is predictable
+    offset = seed_stability(_branches(lambda s, b, c: -0.02 + noise[(s, b, c)])).iloc[0]
+    assert offset.mean_advantage == pytest.approx(-0.02, abs=0.01) and seed_only.predictable_share < offset.predictable_share < 1
