@@ -23,7 +23,8 @@ class BanditConfig(StrictModel):
     # state feature groups; [] gives a context-free bandit (one best weighting for the whole run)
     # Default: the features normalised per segment. Raw loss levels and holdout CE reach values in the
     # final run that 1/3-length stage-1 episodes never saw; on the planted env adding them raised the
-    # regret from 0.74e-3 to 2.2e-3 (tuning seeds 100-119, python -m kdray.selection.synthetic).
+    # regret from 0.74e-3 to 2.2e-3 (tuning seeds 100-119, python -m kdray.selection.synthetic). On real MRPC and
+    # STS-B the full set predicted the paired advantage on unseen phases no better (results/bandit_full_state).
     features: list[FeatureGroup] = Field(default_factory=lambda: ["progress", "lr"])
     # ridge on every coefficient (standardised units); 10 beat 1 and 3 on the planted env, also with its
     # optimum shifted off the centre by +-0.25 (tuning seeds 200-239)
