@@ -13,6 +13,7 @@ TextBrewer's is the body of its ``train_with_num_steps`` loop for one batch (``t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -55,32 +56,31 @@ class PeerPair:
     kdray_cached: bool = False
 
 
-PAIRS: dict[str, PeerPair] = {
-    "vanilla_kd": PeerPair("vanilla_kd", ("finetune", "response"), False, True, False,
-                           "logits KD + hard labels (SDPA attention)"),
-    "kd_hidden_attention": PeerPair("kd_hidden_attention", ("response", "feature", "attention"), True, False, True,
-                                    "logits KD + hidden MSE + attention MSE on the mapped layers (eager attention)"),
-    "vanilla_kd_bf16_teacher": PeerPair("vanilla_kd_bf16_teacher", ("finetune", "response"), False, True, False,
-                                        "logits KD + hard labels (SDPA attention); kdray's teacher forward in bf16 "
-                                        "(train.teacher_precision: bf16), TextBrewer's as the step's",
-                                        kdray_teacher_precision="bf16"),
-    "vanilla_kd_int8_teacher": PeerPair("vanilla_kd_int8_teacher", ("finetune", "response"), False, True, False,
-                                        "logits KD + hard labels (SDPA attention); kdray's teacher forward in int8 "
-                                        "(train.teacher_precision: int8, CPUs), TextBrewer's as the step's",
-                                        kdray_teacher_precision="int8"),
-    "kd_hidden_attention_bf16_teacher": PeerPair(
-        "kd_hidden_attention_bf16_teacher", ("response", "feature", "attention"), True, False, True,
-        "logits KD + hidden MSE + attention MSE (eager attention); kdray's teacher forward in bf16 "
-        "(train.teacher_precision: bf16), TextBrewer's as the step's", kdray_teacher_precision="bf16"),
-    "kd_hidden_attention_int8_teacher": PeerPair(
-        "kd_hidden_attention_int8_teacher", ("response", "feature", "attention"), True, False, True,
-        "logits KD + hidden MSE + attention MSE (eager attention); kdray's teacher forward in int8 "
-        "(train.teacher_precision: int8, CPUs), TextBrewer's as the step's", kdray_teacher_precision="int8"),
-    "kd_hidden_attention_cached": PeerPair(
-        "kd_hidden_attention_cached", ("response", "feature", "attention"), True, False, True,
-        "logits KD + hidden MSE + attention MSE (eager attention); kdray from its teacher-output cache "
-        "(train.teacher_cache, attention maps included), TextBrewer with its live teacher", kdray_cached=True),
-}
+def _with_teacher_in(base: PeerPair, precision: str) -> PeerPair:
+    """``base`` with kdray's live teacher in ``precision`` (bf16, or int8 on CPUs); TextBrewer's side unchanged."""
+    where = ", CPUs" if precision == "int8" else ""
+    return dataclasses.replace(
+        base, name=f"{base.name}_{precision}_teacher", kdray_teacher_precision=precision,
+        description=f"{base.description}; kdray's teacher forward in {precision} "
+                    f"(train.teacher_precision: {precision}{where}), TextBrewer's as the step's")
+
+
+_VANILLA_KD = PeerPair("vanilla_kd", ("finetune", "response"), False, True, False,
+                       "logits KD + hard labels (SDPA attention)")
+_KD_HIDDEN_ATTENTION = PeerPair("kd_hidden_attention", ("response", "feature", "attention"), True, False, True,
+                                "logits KD + hidden MSE + attention MSE on the mapped layers (eager attention)")
+PAIRS: dict[str, PeerPair] = {p.name: p for p in (
+    _VANILLA_KD,
+    _KD_HIDDEN_ATTENTION,
+    _with_teacher_in(_VANILLA_KD, "bf16"),
+    _with_teacher_in(_VANILLA_KD, "int8"),
+    _with_teacher_in(_KD_HIDDEN_ATTENTION, "bf16"),
+    _with_teacher_in(_KD_HIDDEN_ATTENTION, "int8"),
+    dataclasses.replace(_KD_HIDDEN_ATTENTION, name="kd_hidden_attention_cached", kdray_cached=True,
+                        description="logits KD + hidden MSE + attention MSE (eager attention); kdray from its "
+                                    "teacher-output cache (train.teacher_cache, attention maps included), "
+                                    "TextBrewer with its live teacher"),
+)}
 
 
 def textbrewer_missing() -> str | None:
