@@ -359,7 +359,7 @@ def _add_measure_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--candidates", default="all,finetune,teacher",
                    help="weightings per fork (all, finetune, teacher); the first is the advantage's reference")
     p.add_argument("--replicates", type=int, default=2, help="dropout replicates per candidate and fork")
-    p.add_argument("--score", choices=["ce", "brier"], default="ce",
+    p.add_argument("--score", choices=["ce", "brier", "pearson"], default="ce",
                    help="what the reward set is scored with (selector.reward.score)")
     p.add_argument("--max-seq-length", type=int, default=128, help="truncation length")
     p.add_argument("--max-train-samples", type=int, default=2000, help="train rows (data.max_train_samples)")

@@ -227,6 +227,9 @@ class RunConfig(_RunSections):
             outside = sorted(set(self.selector.weights) - set(self.knowledge.pool))
             if outside:
                 raise ValueError(f"selector.weights names kinds {outside} that are not in knowledge.pool")
+        if self.selector.reward.score == "pearson" and not registry.TASKS[self.task].is_regression:
+            raise ValueError(f"selector.reward.score: pearson scores regression tasks only (stsb), not "
+                             f"{self.task}; allowed here: ce, brier")
         return self
 
     def with_output(self, output_dir: str, progress: bool | None = None,

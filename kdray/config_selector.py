@@ -57,8 +57,9 @@ class RewardConfig(StrictModel):
     eval_examples: int = Field(default=96, ge=1)
     # what the reward set is scored with: ce = the task loss (cross-entropy; MSE on STS-B); brier = the Brier
     # score on classification tasks, a bounded proper score that does not punish late overconfidence the way
-    # cross-entropy does (issue 15); regression tasks score their squared error either way
-    score: Literal["ce", "brier"] = "ce"
+    # cross-entropy does (issue 15); regression tasks score their squared error with either; pearson = 1 - Pearson's r
+    # over the reward set, regression tasks only (STS-B's metric: blind to the head's offset and scale)
+    score: Literal["ce", "brier", "pearson"] = "ce"
     exploration: float = Field(default=0.0, ge=0)  # beta: weight of the exploration bonus
     cost: float = Field(default=0.0, ge=0)  # penalty per unit of selected relative compute
     normalize: bool = True  # running mean/std normalisation of the reward

@@ -194,10 +194,12 @@ class RewardSet:
     def loss(self, model: nn.Module, is_regression: bool, score: str = "ce") -> float:
         """Mean reward loss of ``model`` over the set (``score``: ``selector.reward.score``; eval mode for the
         forward, the mode restored after)."""
+        if not self.batches:
+            return 0.0
         with eval_mode(model):
-            total = sum(reward_loss(run_model(model, b).logits, b["labels"], is_regression, score) * len(b["labels"])
-                        for b in self.batches)
-        return float(total) / max(1, self.rows)
+            logits = torch.cat([run_model(model, b).logits.float() for b in self.batches])
+        labels = torch.cat([b["labels"] for b in self.batches])
+        return float(reward_loss(logits, labels, is_regression, score))  # over the whole set: pearson needs it
 
     @torch.no_grad()
     def row_losses(self, model: nn.Module, is_regression: bool, score: str = "ce") -> torch.Tensor:

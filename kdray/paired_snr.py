@@ -74,7 +74,7 @@ class Plan:
     steps: int = 160
     phase_steps: int = 20
     replicates: int = 2
-    score: str = "ce"  # selector.reward.score: what every reward-set loss here is (ce, brier)
+    score: str = "ce"  # selector.reward.score: what every reward-set loss here is (ce, brier, pearson)
 
 
 def parse_candidates(text: str) -> tuple[str, ...]:

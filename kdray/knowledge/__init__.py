@@ -12,7 +12,7 @@ from kdray.knowledge.base import (
     register_knowledge,
     run_model,
 )
-from kdray.knowledge.finetune import brier_loss, reward_loss, task_loss
+from kdray.knowledge.finetune import REWARD_SCORES, brier_loss, pearson_loss, reward_loss, task_loss
 from kdray.knowledge.normalize import NORMALIZE_MODES, LossNormalizer, kind_grad_norms
 from kdray.knowledge.relation import fsp_matrix
 
@@ -32,5 +32,7 @@ __all__ = [
     "run_model",
     "brier_loss",
     "reward_loss",
+    "pearson_loss",
+    "REWARD_SCORES",
     "task_loss",
 ]
