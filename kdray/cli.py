@@ -118,11 +118,11 @@ def _cmd_learner_replay(args: argparse.Namespace) -> int:
 
     overrides = dict(_parse_override(o) for o in args.set or [])
     drop = [k for k in (args.drop_without or "").split(",") if k]
-    table = summarise(load_learners(args.results_dir), overrides, drop)
+    table = summarise(load_learners(args.results_dir), overrides, drop, args.by)
     settings = [f"{k}={v}" for k, v in overrides.items()]
     if drop:
         settings.append(f"without rows lacking {'/'.join(drop)}")
-    print(render(table, f"Learner replay ({', '.join(settings) or 'as run'})"), end="")
+    print(render(table, f"Learner replay ({', '.join(settings) or 'as run'})", args.by), end="")
     return 0
 
 
@@ -311,6 +311,9 @@ def _add_result_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="replay under another selector.bandit option, e.g. pairwise=true or features=[progress]")
     p.add_argument("--drop-without", default=None, metavar="KIND[,KIND]",
                    help="leave out the transitions that gave every one of these kinds weight 0")
+    p.add_argument("--by", default=None, metavar="FIELD",
+                   help="a row per value of this run_record.json field (dotted), e.g. reward_shaping.score or "
+                        "phase_steps: the arms of a sweep, each pooled over its seeds")
     p.set_defaults(func=_cmd_learner_replay)
 
     p = add("tasks", help="the GLUE tasks, their metrics and local row counts")

@@ -15,7 +15,7 @@ folder, or the copies committed under ``results/``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class SavedLearner:
     task: str
     seed: int
     state: dict[str, Any]
+    record: dict[str, Any] = field(default_factory=dict)  # the trial's run_record.json
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def load_learners(folder: str | Path) -> list[SavedLearner]:
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             continue
         record = json.loads((path.parent / "run_record.json").read_text())
-        learners.append(SavedLearner(path.parent.name, str(record["task"]), int(record["seed"]), state))
+        learners.append(SavedLearner(path.parent.name, str(record["task"]), int(record["seed"]), state, record))
     if not learners:
         raise ValueError(f"{trials}: no bandit selector.pt (with its run_record.json) in any trial folder")
     return learners
@@ -118,18 +119,34 @@ def _rows_with_any(actions: torch.Tensor, pool: list[str], kinds: list[str]) -> 
     return (actions[:, columns] > 0).any(dim=1).tolist()
 
 
+def record_value(learner: SavedLearner, key: str) -> str:
+    """``key`` (dotted, e.g. ``reward_shaping.score``) of the learner's run_record.json, as text."""
+    node: Any = learner.record
+    for i, part in enumerate(key.split(".")):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(key.split(".")[:i]) or "run_record.json"
+            allowed = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a mapping)"
+            raise ValueError(f"learner-replay --by {key}: {learner.trial_id}'s {where} has no {part!r}; "
+                             f"allowed: {allowed}")
+        node = node[part]
+    return str(node)
+
+
 def summarise(learners: list[SavedLearner], overrides: dict[str, Any] | None = None,
-              drop_without: list[str] | None = None) -> list[dict[str, Any]]:
-    """Per task: transitions, and the prediction-realised correlation of the decided branches and of all."""
-    by_task: dict[str, list[tuple[int, list[ReplayedRow]]]] = {}
+              drop_without: list[str] | None = None, by: str | None = None) -> list[dict[str, Any]]:
+    """Per task (and per value of the run_record field ``by``, when given: the arms of a sweep): transitions,
+    and the prediction-realised correlation of the decided branches and of all."""
+    groups: dict[tuple[str, str], list[tuple[int, list[ReplayedRow]]]] = {}
     for learner in learners:
-        by_task.setdefault(learner.task, []).append((learner.seed, replay(learner, overrides, drop_without)))
+        key = (learner.task, record_value(learner, by) if by else "")
+        groups.setdefault(key, []).append((learner.seed, replay(learner, overrides, drop_without)))
     table = []
-    for task in sorted(by_task, key=task_order_key):
-        runs = sorted(by_task[task])
+    for task, value in sorted(groups, key=lambda k: (task_order_key(k[0]), k[1])):
+        runs = sorted(groups[task, value], key=lambda run: run[0])  # by seed; arms may share one
         decided = [[r for r in rows if r.branch == 0] for _, rows in runs]
         everything = [rows for _, rows in runs]
-        table.append({"task": task, "seeds": [s for s, _ in runs], "rows": sum(len(r) for r in everything),
+        table.append({"task": task, by or "group": value, "seeds": [s for s, _ in runs],
+                      "rows": sum(len(r) for r in everything),
                       "decided": _correlations(decided), "all": _correlations(everything)})
     return table
 
@@ -141,17 +158,23 @@ def _correlations(runs: list[list[ReplayedRow]]) -> tuple[float, list[float]]:
     return r([x for rows in runs for x in rows]), [r(rows) for rows in runs]
 
 
-def render(table: list[dict[str, Any]], heading: str) -> str:
-    """A Markdown table of :func:`summarise`'s rows."""
+def render(table: list[dict[str, Any]], heading: str, by: str | None = None) -> str:
+    """A Markdown table of :func:`summarise`'s rows (with a column for ``by`` when it was grouped by one)."""
     def cell(value: tuple[float, list[float]]) -> str:
         pooled, per = value
         return f"{format_r(pooled)} ({', '.join(format_r(v) for v in per)})"
-    lines = [f"### {heading}", "", "| Task | seeds | transitions | decided branch | every branch |",
-             "|:---|:---|---:|---:|---:|"]
-    lines += [f"| {TASK_LABELS.get(t['task'], t['task'])} | {', '.join(map(str, t['seeds']))} | {t['rows']} | "
-              f"{cell(t['decided'])} | {cell(t['all'])} |" for t in table]
+    extra = [f" {by} |"] if by else [""]
+    lines = [f"### {heading}", "", f"| Task |{extra[0]} seeds | transitions | decided branch | every branch |",
+             "|:---|" + (":---|" if by else "") + ":---|---:|---:|---:|"]
+    lines += [f"| {TASK_LABELS.get(t['task'], t['task'])} |" + (f" {t[by]} |" if by else "")
+              + f" {', '.join(map(str, t['seeds']))} | {t['rows']} | {cell(t['decided'])} | {cell(t['all'])} |"
+              for t in table]
     lines += ["", "- Pearson correlation of each transition's prediction (made before the learner saw its phase) "
               "with its realised paired advantage: pooled over seeds (per seed). Decided branch: the weighting "
               "training continued from (the stage-1 Prediction table of `kdray report`); every branch: all the "
               "rows the learner is fitted to."]
+    mixed = [TASK_LABELS.get(t["task"], t["task"]) for t in table if len(set(t["seeds"])) < len(t["seeds"])]
+    if mixed:
+        lines.append(f"- {', '.join(mixed)}: several trials share a seed, so this row pools the arms of a sweep; "
+                     "`--by FIELD` (a run_record.json field, e.g. reward_shaping.score) gives each its own row.")
     return "\n".join(lines) + "\n"

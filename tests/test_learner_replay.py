@@ -34,11 +34,12 @@ def live_run(seed: int, phases: int = 12, **options) -> tuple[BanditSelector, li
     return selector, predicted, realised
 
 
-def save(folder: Path, trial_id: str, selector, task: str = "mrpc", seed: int = 1) -> None:
+def save(folder: Path, trial_id: str, selector, task: str = "mrpc", seed: int = 1, score: str = "ce") -> None:
     trial = folder / "trials" / trial_id
     trial.mkdir(parents=True)
     torch.save(selector.state_dict(), trial / "selector.pt")
-    (trial / "run_record.json").write_text(json.dumps({"task": task, "seed": seed, "method": "bandit_soft"}))
+    (trial / "run_record.json").write_text(json.dumps({"task": task, "seed": seed, "method": "bandit_soft",
+                                                       "reward_shaping": {"score": score}}))
 
 
 def test_replay_reproduces_the_live_predictions_exactly(tmp_path: Path) -> None:
@@ -79,6 +80,28 @@ def test_summary_pools_seeds_per_task_and_the_cli_prints_it(tmp_path: Path, caps
     assert main(["learner-replay", str(tmp_path), "--set", "pairwise=true", "--drop-without", "finetune"]) == 0
     out = capsys.readouterr().out
     assert "Learner replay (pairwise=True, without rows lacking finetune)" in out and "| STS-B | 1, 2 |" in out
+
+
+def test_by_splits_a_task_into_the_arms_of_a_sweep(tmp_path: Path, capsys) -> None:
+    runs = {(score, seed): live_run(seed + (10 if score == "pearson" else 0))[0]
+            for score in ("ce", "pearson") for seed in (1, 2)}
+    for (score, seed), selector in runs.items():
+        save(tmp_path, f"{score}{seed}", selector, task="stsb", seed=seed, score=score)
+    pooled = summarise(load_learners(tmp_path))
+    assert [(t["task"], t["seeds"], t["rows"]) for t in pooled] == [("stsb", [1, 1, 2, 2], 96)]
+    ce, pearson = summarise(load_learners(tmp_path), by="reward_shaping.score")
+    assert (ce["reward_shaping.score"], pearson["reward_shaping.score"]) == ("ce", "pearson")
+    assert ce["seeds"] == pearson["seeds"] == [1, 2] and ce["rows"] == pearson["rows"] == 48
+    alone = summarise([learner for learner in load_learners(tmp_path) if learner.trial_id.startswith("ce")])
+    assert alone[0]["all"] == ce["all"]  # an arm's row is what replaying its trials alone gives
+    assert main(["learner-replay", str(tmp_path)]) == 0
+    assert "STS-B: several trials share a seed" in capsys.readouterr().out
+    assert main(["learner-replay", str(tmp_path), "--by", "reward_shaping.score"]) == 0
+    out = capsys.readouterr().out
+    assert "| Task | reward_shaping.score | seeds |" in out and "| STS-B | pearson | 1, 2 | 48 |" in out
+    assert main(["learner-replay", str(tmp_path), "--by", "reward_shaping.scroe"]) == 2
+    err = capsys.readouterr().err
+    assert "reward_shaping has no 'scroe'; allowed: score" in err
 
 
 @pytest.mark.parametrize(("args", "message"), [
