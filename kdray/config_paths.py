@@ -104,7 +104,8 @@ def format_errors(err: ValidationError, source: str, root: type[BaseModel]) -> s
             allowed = allowed_keys(root, e["loc"][:-1])
             if allowed:
                 msg += f"; allowed keys: {', '.join(allowed)}"
-        lines.append(f"{source}: {path or '<top>'}: {msg}")
+        # a whole-model check (several sections at once) names its keys in its own message
+        lines.append(f"{source}: {path}: {msg}" if path else f"{source}: {msg}")
     return "\n".join(lines)
 
 

@@ -70,7 +70,7 @@ def test_pearson_refuses_classification_and_per_row_values() -> None:
         reward_loss(torch.zeros(2, 2), torch.tensor([0, 1]), False, "pearson")
     with pytest.raises(ValueError, match="set-level"):
         reward_loss(torch.zeros(2, 1), torch.tensor([0.0, 1.0]), True, "pearson", reduction="none")
-    with pytest.raises(ConfigError, match=r"run\.yaml.*selector\.reward\.score: pearson scores regression tasks only.*rte"):
+    with pytest.raises(ConfigError, match=r"^run\.yaml: selector\.reward\.score: pearson scores regression tasks only.*rte"):
         validate(RunConfig, {"task": "rte", "selector": {"reward": {"score": "pearson"}}}, "run.yaml")
     assert validate(RunConfig, {"task": "stsb", "selector": {"reward": {"score": "pearson"}}}, "run.yaml")
 
