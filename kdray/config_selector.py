@@ -138,7 +138,11 @@ class SelectorConfig(StrictModel):
     episodes: int = Field(default=3, ge=0)  # stage-1 episodes (each restarts the student)
     episode_steps: int | None = Field(default=None, ge=1)  # steps per stage-1 episode; None = 1/3 of a run
     stage2: Literal["frozen", "learning"] = "frozen"
-    init_from: str | None = None  # a saved selector (selector.pt) to start from
+    # a saved selector (selector.pt) to start from: the actor-critic takes its networks, other selectors its whole
+    # state; the bandit learns its stage-1 memory, and also takes a sweep folder (or its results/ copy), whose
+    # saved learners of the run's task from other seeds it learns first (one run's 24-72 transitions are too
+    # few to predict from; results/bandit_prior)
+    init_from: str | None = None
     # actor-critic
     hidden_size: int = Field(default=64, ge=4)
     actor_lr: float = Field(default=1e-3, gt=0)

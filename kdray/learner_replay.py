@@ -9,60 +9,21 @@ predicted before the learner sees it. It is not a substitute for running the opt
 branches a different learner would have explored are not in the memory.
 
 ``kdray learner-replay DIR`` reads ``DIR/trials/<trial_id>/{selector.pt,run_record.json}`` (a sweep
-folder, or the copies committed under ``results/``).
+folder, or the copies committed under ``results/``; :func:`kdray.selection.bandit_prior.load_learners`).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from kdray.config import BanditConfig, SelectorConfig, validate
 from kdray.prediction import format_r, pearson
 from kdray.report_labels import TASK_LABELS, task_order_key
-from kdray.selection.bandit import FORMAT, BanditSelector, feature_names
+from kdray.selection.bandit import BanditSelector
 from kdray.selection.bandit_model import Memory
-
-
-@dataclass(frozen=True)
-class SavedLearner:
-    """One bandit trial's saved learner and what it was run on."""
-
-    trial_id: str
-    task: str
-    seed: int
-    state: dict[str, Any]
-    record: dict[str, Any] = field(default_factory=dict)  # the trial's run_record.json
-
-
-@dataclass(frozen=True)
-class ReplayedRow:
-    """One stored transition: its phase, its place among the phase's branches (0 = the decided one)."""
-
-    phase: int
-    branch: int
-    predicted: float
-    realised: float
-
-
-def load_learners(folder: str | Path) -> list[SavedLearner]:
-    """Every bandit learner under ``folder/trials``, in trial-id order; other selectors are skipped."""
-    trials = Path(folder) / "trials"
-    learners = []
-    for path in sorted(trials.glob("*/selector.pt")):
-        state = torch.load(path, weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            continue
-        record = json.loads((path.parent / "run_record.json").read_text())
-        learners.append(SavedLearner(path.parent.name, str(record["task"]), int(record["seed"]), state, record))
-    if not learners:
-        raise ValueError(f"{trials}: no bandit selector.pt (with its run_record.json) in any trial folder")
-    return learners
+from kdray.selection.bandit_prior import ReplayedRow, SavedLearner, learn_memory
 
 
 def replay_options(state: dict[str, Any], overrides: dict[str, Any]) -> BanditConfig:
@@ -74,42 +35,28 @@ def replay_options(state: dict[str, Any], overrides: dict[str, Any]) -> BanditCo
 
 
 def replay(learner: SavedLearner, overrides: dict[str, Any] | None = None,
-           drop_without: list[str] | None = None) -> list[ReplayedRow]:
+           drop_without: list[str] | None = None, prior: list[SavedLearner] | None = None) -> list[ReplayedRow]:
     """Predict-then-learn over the saved memory, phase by phase, under the saved options plus ``overrides``.
 
     ``drop_without`` removes the transitions whose weighting gives every one of these kinds weight 0
     before replaying (e.g. ``[finetune, response]``: the phases that trained without any label signal).
+    ``prior`` learners' memories are learned first (their rows are not scored): a learner that starts from
+    other runs' stage-1 data, which asks whether more transitions than one run's would make it predict.
+    Phases the learner itself took from ``selector.init_from`` are learned again and not scored either.
     """
     state, pool = learner.state, list(learner.state["pool"])
     options = replay_options(state, overrides or {})
-    columns = _feature_columns(list(state["names"]), feature_names(pool, list(options.features)))
-    memory = Memory.from_state_dict(state["memory"])
-    keep = _rows_with_any(memory.actions, pool, drop_without or [])
     selector = BanditSelector(pool, SelectorConfig(name="bandit", action=state["action"]), 0, options)
-    rows: list[ReplayedRow] = []
-    for phase in torch.unique(memory.phases).tolist():
-        at = (memory.phases == phase).nonzero()[:, 0]
-        branches = [i for i, index in enumerate(at.tolist()) if keep[index]]
-        if not branches:
-            continue
-        index = at[branches]
-        targets = memory.targets[index]
-        paired = bool(memory.paired[index[0]])
-        predicted = selector.replay_phase(memory.states[index[0], columns], memory.actions[index],
-                                          memory.references[index[0]] if paired else None, targets)
-        rows += [ReplayedRow(phase, b, p, t) for b, p, t in zip(branches, predicted, targets.tolist())]
-    return rows
+    for other in prior or []:
+        learn_memory(selector, other.state, f"learner-replay: {other.trial_id}",
+                     _rows_with_any(other.state, pool, drop_without or []))
+    return learn_memory(selector, state, f"learner-replay: {learner.trial_id}",
+                        _rows_with_any(state, pool, drop_without or []), int(state.get("prior_phases", 0)))
 
 
-def _feature_columns(recorded: list[str], wanted: list[str]) -> list[int]:
-    missing = [name for name in wanted if name not in recorded]
-    if missing:
-        raise ValueError(f"learner-replay: feature(s) {missing} were not recorded by this learner "
-                         f"(it saved {recorded}); a replay can only use a subset of them")
-    return [recorded.index(name) for name in wanted]
-
-
-def _rows_with_any(actions: torch.Tensor, pool: list[str], kinds: list[str]) -> list[bool]:
+def _rows_with_any(state: dict[str, Any], pool: list[str], kinds: list[str]) -> list[bool]:
+    """Per stored row of ``state``'s memory: whether it gives any of ``kinds`` weight (all rows when none named)."""
+    actions = Memory.from_state_dict(state["memory"]).actions
     unknown = [k for k in kinds if k not in pool]
     if unknown:
         raise ValueError(f"learner-replay: --drop-without kind(s) {unknown} are not in the learner's pool {pool}")
@@ -133,13 +80,16 @@ def record_value(learner: SavedLearner, key: str) -> str:
 
 
 def summarise(learners: list[SavedLearner], overrides: dict[str, Any] | None = None,
-              drop_without: list[str] | None = None, by: str | None = None) -> list[dict[str, Any]]:
+              drop_without: list[str] | None = None, by: str | None = None,
+              cross_seed: bool = False) -> list[dict[str, Any]]:
     """Per task (and per value of the run_record field ``by``, when given: the arms of a sweep): transitions,
-    and the prediction-realised correlation of the decided branches and of all."""
+    and the prediction-realised correlation of the decided branches and of all. ``cross_seed``: each learner
+    first learns the memories of its group's other seeds (leave one seed out)."""
+    keyed = [((learner.task, record_value(learner, by) if by else ""), learner) for learner in learners]
     groups: dict[tuple[str, str], list[tuple[int, list[ReplayedRow]]]] = {}
-    for learner in learners:
-        key = (learner.task, record_value(learner, by) if by else "")
-        groups.setdefault(key, []).append((learner.seed, replay(learner, overrides, drop_without)))
+    for key, learner in keyed:
+        prior = [o for k, o in keyed if k == key and o.seed != learner.seed] if cross_seed else None
+        groups.setdefault(key, []).append((learner.seed, replay(learner, overrides, drop_without, prior)))
     table = []
     for task, value in sorted(groups, key=lambda k: (task_order_key(k[0]), k[1])):
         runs = sorted(groups[task, value], key=lambda run: run[0])  # by seed; arms may share one

@@ -104,7 +104,7 @@ def set_up(config: RunConfig, teacher_path: str | None = None) -> RunSetup:
     data = prepare_data(config.task, tokenizer, config.data, tc.max_seq_length, tc.seed)
     collate = make_collator(tokenizer)
     # selector first: its kinds decide whether the models need (slower) eager attention
-    selector = build_selector(config.selector, config.knowledge.pool, tc.seed)
+    selector = build_selector(config.selector, config.knowledge.pool, tc.seed, task=config.task)
     n_episodes = config.selector.episodes if selector.learns else 0
     order = _batch_order(config, data, n_episodes, rank, world)
     total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * order.per_epoch))

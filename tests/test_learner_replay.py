@@ -12,7 +12,8 @@ import torch
 
 from kdray.cli import main
 from kdray.config import BanditConfig, SelectorConfig
-from kdray.learner_replay import load_learners, replay, summarise
+from kdray.learner_replay import replay, summarise
+from kdray.selection.bandit_prior import load_learners
 from kdray.selection.bandit import BanditSelector
 from kdray.selection.synthetic import POOL, PlantedEnv
 

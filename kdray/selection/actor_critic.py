@@ -345,7 +345,7 @@ class ActorCriticSelector(Selector):
         self._repeats = int(state["repeats"])
         self._pending = None if state["pending"] is None else dict(state["pending"])
 
-    def init_from(self, path: str | Path) -> None:
+    def init_from(self, path: str | Path, task: str | None = None) -> None:
         """``selector.init_from``: the networks of a selector trained elsewhere, not its learning state."""
         self.load_networks(path)
 

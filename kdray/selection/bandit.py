@@ -25,14 +25,14 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from kdray.config import BanditConfig, SelectorConfig
 from kdray.selection.bandit_model import Memory, Posterior, design, prior_mean
-from kdray.selection.base import PhaseOutcome, PhaseRecord, PhaseState, Selector, register_selector
-
-FORMAT = "kdray.bandit/1"
+from kdray.selection.bandit_prior import FORMAT, learn_memory, prior_learners
+from kdray.selection.base import PhaseOutcome, PhaseRecord, PhaseState, Selector, read_state, register_selector
 FEATURE_GROUPS: tuple[str, ...] = ("progress", "lr", "losses", "grad_norms", "cosines", "holdout", "prev_action")
 MAX_CANDIDATES = 50_000  # soft grid size limit: levels ** len(pool)
 
@@ -141,6 +141,7 @@ class BanditSelector(Selector):
         self.stats = (torch.zeros(len(self.names), dtype=torch.float64), torch.ones(len(self.names), dtype=torch.float64))
         self.scale = self.options.init_reward_scale
         self.observed = 0  # phases learned from
+        self.prior_phases = 0  # of them, those learned from other runs' memories (selector.init_from)
         self._prev_action: list[float] | None = None
         self._pending: dict[str, Any] | None = None
 
@@ -345,8 +346,27 @@ class BanditSelector(Selector):
         state.update(format=FORMAT, pool=list(self.pool), action=self.config.action, names=list(self.names),
                      options=self.options.model_dump(), memory=self.memory.state_dict(),
                      posterior=self.posterior.state_dict(), stats=list(self.stats), scale=self.scale,
-                     observed=self.observed, prev_action=self._prev_action, pending=pending)
+                     observed=self.observed, prior_phases=self.prior_phases, prev_action=self._prev_action,
+                     pending=pending)
         return state
+
+    def init_from(self, path: str | Path, task: str | None = None) -> None:
+        """``selector.init_from``: learn saved memories before this run's first phase.
+
+        ``path`` is a saved ``selector.pt`` or a sweep folder (or its results/ copy), whose saved learners of
+        ``task`` from other seeds are learned in trial-id order. Each memory is replayed phase by phase, so
+        the posterior, standardisation and reward scale are those a learner that had lived through those
+        phases would have; this run's stage 1 then adds its own. Only the memory carries over (its options
+        are this run's), and the phases learned here are marked so that a replay scores only the run's own.
+        """
+        if Path(path).is_dir():
+            sources = [(f"selector.init_from={path} ({x.trial_id})", x.state)
+                       for x in prior_learners(path, task, self.seed)]
+        else:
+            sources = [(f"selector.init_from={path}", read_state(path, f"selector.init_from={path}"))]
+        for where, state in sources:
+            learn_memory(self, state, where)
+        self.prior_phases = self.observed
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict` output (same pool, action mode and options)."""
@@ -363,6 +383,7 @@ class BanditSelector(Selector):
         self.stats = (state["stats"][0], state["stats"][1])
         self.scale = float(state["scale"])
         self.observed = int(state["observed"])
+        self.prior_phases = int(state.get("prior_phases", 0))  # absent before selector.init_from took memories
         self._prev_action = None if state["prev_action"] is None else [float(v) for v in state["prev_action"]]
         self._pending = None if state["pending"] is None else dict(state["pending"])
 

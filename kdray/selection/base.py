@@ -109,6 +109,7 @@ class Selector(ABC):
     def __init__(self, pool: list[str], config: SelectorConfig, seed: int = 0) -> None:
         self.pool = list(pool)
         self.config = config
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.phase = 0
         self.training = True  # stage 2 with stage2=frozen sets this False
@@ -131,11 +132,11 @@ class Selector(ABC):
     def start_episode(self, episode: int) -> None:
         """Called when a (stage-1 or final) run restarts from the student's initial weights."""
 
-    def init_from(self, path: str | Path) -> None:
+    def init_from(self, path: str | Path, task: str | None = None) -> None:
         """Start from a selector saved elsewhere (``selector.init_from``): by default its whole state.
 
-        Selectors with learned networks override this to take only the networks; :func:`build_selector`
-        is the one caller.
+        Selectors with learned networks override this to take only the networks, the bandit to learn saved
+        memories (of ``task``, the run's); :func:`build_selector` is the one caller.
         """
         self.load_state_dict(read_state(path, f"selector.init_from={path}"))
 
@@ -187,8 +188,9 @@ def register_selector(name: str) -> Callable[[SelectorFactory], SelectorFactory]
     return wrap
 
 
-def build_selector(config: SelectorConfig, pool: list[str], seed: int) -> Selector:
-    """Instantiate the configured selector and apply ``selector.init_from`` (the one place it is loaded).
+def build_selector(config: SelectorConfig, pool: list[str], seed: int, task: str | None = None) -> Selector:
+    """Instantiate the configured selector and apply ``selector.init_from`` (the one place it is loaded;
+    ``task``, the run's, picks a sweep folder's bandit learners).
 
     Unknown names list the registered ones.
     """
@@ -197,5 +199,5 @@ def build_selector(config: SelectorConfig, pool: list[str], seed: int) -> Select
         raise ValueError(f"unknown selector {config.name!r}; known: {', '.join(sorted(SELECTORS))}")
     selector = factory(pool, config, seed)
     if config.init_from:
-        selector.init_from(config.init_from)
+        selector.init_from(config.init_from, task=task)
     return selector

@@ -74,8 +74,14 @@ def check_inputs(sweep: SweepConfig, runs: Iterable[RunConfig]) -> None:
     for run in runs:
         for task, folder in run.teacher.finetuned.items():
             _check_model_folder(folder, f"teacher.finetuned.{task}")
-        if run.selector.init_from and not Path(run.selector.init_from).is_file():
-            raise ConfigError(f"selector.init_from {run.selector.init_from}: no such file (a saved selector.pt)")
+        source = run.selector.init_from
+        folder_ok = run.selector.name == "bandit" and source and Path(source).is_dir()
+        if source and not (Path(source).is_file() or folder_ok):
+            what = "a saved selector.pt, or for the bandit a sweep folder" if run.selector.name == "bandit" else \
+                "a saved selector.pt"
+            raise ConfigError(f"selector.init_from {source}: no such file ({what})")
+        if source and run.selector.name == "bandit":
+            _check_bandit_start(run)
     for task, source, folder in sorted({(r.task, r.data.source, r.data.dir or "") for r in runs}):
         check_glue(task, source, folder or None)
     for folder, what in sorted({(r.data.cache_dir, "data.cache_dir") for r in runs if r.data.cache_dir}
@@ -176,3 +182,20 @@ def _hub_glue_cached(task: str) -> bool:
 
     cache = Path(datasets.config.HF_DATASETS_CACHE)
     return any(cache.glob(f"nyu-mll___glue/{task}")) or any(cache.glob(f"glue/{task}"))
+
+
+@functools.lru_cache(maxsize=None)
+def _bandit_start(selector_json: str, pool: tuple[str, ...], seed: int, task: str) -> None:
+    from kdray.config import SelectorConfig
+    from kdray.selection import build_selector  # torch: only when a bandit starts from saved memories
+
+    build_selector(SelectorConfig.model_validate_json(selector_json), list(pool), seed, task=task)
+
+
+def _check_bandit_start(run: RunConfig) -> None:
+    """A bandit's ``selector.init_from`` is learned here once per task and seed, so a folder without learners
+    of the task, or memories this learner cannot read (other pool, features), fail before Ray starts."""
+    try:
+        _bandit_start(run.selector.model_dump_json(), tuple(run.knowledge.pool), run.train.seed, run.task)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

@@ -1,0 +1,117 @@
+"""Saved bandit learners, and feeding their stage-1 memories to another learner.
+
+One run's stage 1 gives the bandit 24-72 paired transitions; on real MRPC and STS-B that is too few to
+predict the paired advantage on phases it has not seen (results/bandit_full_state). Runs of the same task
+with other seeds measured the same kind of transitions, so a learner can start from theirs: replaying a
+saved memory phase by phase (predict, then learn) reproduces what its own learner knew, bit for bit.
+``selector.init_from`` uses this to start a bandit from a sweep folder's learners of the run's task
+(:meth:`kdray.selection.bandit.BanditSelector.init_from`), and ``kdray learner-replay`` to replay them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from kdray.selection.bandit_model import Memory
+
+if TYPE_CHECKING:  # pragma: no cover - typing only (bandit imports this module)
+    from kdray.selection.bandit import BanditSelector
+
+FORMAT = "kdray.bandit/1"
+
+
+@dataclass(frozen=True)
+class SavedLearner:
+    """One bandit trial's saved learner and what it was run on."""
+
+    trial_id: str
+    task: str
+    seed: int
+    state: dict[str, Any]
+    record: dict[str, Any] = field(default_factory=dict)  # the trial's run_record.json
+
+
+@dataclass(frozen=True)
+class ReplayedRow:
+    """One stored transition: its phase, its place among the phase's branches (0 = the decided one)."""
+
+    phase: int
+    branch: int
+    predicted: float
+    realised: float
+
+
+def load_learners(folder: str | Path) -> list[SavedLearner]:
+    """Every bandit learner under ``folder/trials``, in trial-id order; other selectors are skipped."""
+    trials = Path(folder) / "trials"
+    learners = []
+    for path in sorted(trials.glob("*/selector.pt")):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            continue
+        record = json.loads((path.parent / "run_record.json").read_text())
+        learners.append(SavedLearner(path.parent.name, str(record["task"]), int(record["seed"]), state, record))
+    if not learners:
+        raise ValueError(f"{trials}: no bandit selector.pt (with its run_record.json) in any trial folder")
+    return learners
+
+
+def check_compatible(selector: "BanditSelector", state: dict[str, Any], where: str) -> list[int]:
+    """The recorded feature columns ``selector`` reads from a saved learner's memory; a ValueError naming
+    ``where`` when the memory cannot be read by it (other pool, action mode, grid, or missing features)."""
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{where}: not a bandit selector state (format {state.get('format')!r})")
+    mine = {"pool": selector.pool, "action": selector.config.action, "levels": selector.options.levels}
+    theirs = {"pool": list(state["pool"]), "action": state["action"], "levels": state["options"]["levels"]}
+    for key, value in mine.items():
+        if theirs[key] != value:
+            raise ValueError(f"{where}: the saved learner has {key}={theirs[key]!r}, this one {value!r}; "
+                             "only learners of one pool, action mode and selector.bandit.levels share memories")
+    recorded = list(state["names"])
+    missing = [name for name in selector.names if name not in recorded]
+    if missing:
+        raise ValueError(f"{where}: feature(s) {missing} were not recorded by the saved learner (it saved "
+                         f"{recorded}); it can only be read with a subset of them")
+    return [recorded.index(name) for name in selector.names]
+
+
+def learn_memory(selector: "BanditSelector", state: dict[str, Any], where: str,
+                 keep: Sequence[bool] | None = None, score_from: int = 0) -> list[ReplayedRow]:
+    """Feed a saved memory to ``selector`` phase by phase: each phase is predicted, then learned.
+
+    ``keep`` masks the memory's rows (None: all); the rows of phases before ``score_from`` are learned but
+    not returned (a learner's own memory starts with what ``selector.init_from`` gave it).
+    """
+    columns = check_compatible(selector, state, where)
+    memory = Memory.from_state_dict(state["memory"])
+    rows: list[ReplayedRow] = []
+    for phase in torch.unique(memory.phases).tolist():
+        at = (memory.phases == phase).nonzero()[:, 0]
+        branches = [i for i, index in enumerate(at.tolist()) if keep is None or keep[index]]
+        if not branches:
+            continue
+        index = at[branches]
+        targets = memory.targets[index]
+        paired = bool(memory.paired[index[0]])
+        predicted = selector.replay_phase(memory.states[index[0], columns], memory.actions[index],
+                                          memory.references[index[0]] if paired else None, targets)
+        if phase >= score_from:
+            rows += [ReplayedRow(phase, b, p, t) for b, p, t in zip(branches, predicted, targets.tolist())]
+    return rows
+
+
+def prior_learners(folder: str | Path, task: str | None, seed: int) -> list[SavedLearner]:
+    """``selector.init_from`` as a folder: its saved learners of ``task`` from seeds other than ``seed``
+    (a run's own seed shares its batch order, so its phases would not be unseen ones)."""
+    found = load_learners(folder)
+    chosen = [x for x in found if (task is None or x.task == task) and x.seed != seed]
+    if not chosen:
+        raise ValueError(f"selector.init_from={folder}: no saved bandit learner of task {task} from a seed other "
+                         f"than {seed} (found: {', '.join(f'{x.task} seed {x.seed}' for x in found)})")
+    return chosen
