@@ -64,6 +64,9 @@ def test_a_replay_reproduces_a_started_run_and_scores_only_its_own_phases(tmp_pa
     save(tmp_path / "run", "stsb-s3", selector, task="stsb", seed=3)
     [learner] = load_learners(tmp_path / "run")
     assert learner.state["prior_phases"] == 24
+    resumed = BanditSelector(list(POOL), SelectorConfig(name="bandit", action="soft"), 3)
+    resumed.load_state_dict(selector.state_dict())  # a resumed run keeps which phases were its own
+    assert resumed.prior_phases == 24 and resumed.observed == 30
     rows = replay(learner)
     assert [r.realised for r in rows] == pytest.approx(realised, abs=0)
     assert [r.predicted for r in rows] == pytest.approx(predicted, rel=1e-12, abs=1e-15)
