@@ -119,12 +119,15 @@ def _cmd_learner_replay(args: argparse.Namespace) -> int:
 
     overrides = dict(_parse_override(o) for o in args.set or [])
     drop = [k for k in (args.drop_without or "").split(",") if k]
-    table = summarise(load_learners(args.results_dir), overrides, drop, args.by, args.cross_seed)
+    scored = [k for k in (args.score_with or "").split(",") if k]
+    table = summarise(load_learners(args.results_dir), overrides, drop, args.by, args.cross_seed, scored)
     settings = [f"{k}={v}" for k, v in overrides.items()]
     if drop:
         settings.append(f"without rows lacking {'/'.join(drop)}")
     if args.cross_seed:
         settings.append("each seed after its group's other seeds")
+    if scored:
+        settings.append(f"scoring only rows with {'/'.join(scored)}")
     print(render(table, f"Learner replay ({', '.join(settings) or 'as run'})", args.by), end="")
     return 0
 
@@ -317,6 +320,8 @@ def _add_result_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--by", default=None, metavar="FIELD",
                    help="a row per value of this run_record.json field (dotted), e.g. reward_shaping.score or "
                         "phase_steps: the arms of a sweep, each pooled over its seeds")
+    p.add_argument("--score-with", default=None, metavar="KIND[,KIND]",
+                   help="score only the transitions that gave one of these kinds weight; every one is still learned")
     p.add_argument("--cross-seed", action="store_true",
                    help="each learner first learns its group's other seeds' memories (leave one seed out): "
                         "would more stage-1 data than one run's make it predict?")

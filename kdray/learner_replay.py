@@ -35,7 +35,8 @@ def replay_options(state: dict[str, Any], overrides: dict[str, Any]) -> BanditCo
 
 
 def replay(learner: SavedLearner, overrides: dict[str, Any] | None = None,
-           drop_without: list[str] | None = None, prior: list[SavedLearner] | None = None) -> list[ReplayedRow]:
+           drop_without: list[str] | None = None, prior: list[SavedLearner] | None = None,
+           score_with: list[str] | None = None) -> list[ReplayedRow]:
     """Predict-then-learn over the saved memory, phase by phase, under the saved options plus ``overrides``.
 
     ``drop_without`` removes the transitions whose weighting gives every one of these kinds weight 0
@@ -43,6 +44,8 @@ def replay(learner: SavedLearner, overrides: dict[str, Any] | None = None,
     ``prior`` learners' memories are learned first (their rows are not scored): a learner that starts from
     other runs' stage-1 data, which asks whether more transitions than one run's would make it predict.
     Phases the learner itself took from ``selector.init_from`` are learned again and not scored either.
+    ``score_with`` scores only the rows that give one of these kinds weight, while every row is learned (is a
+    correlation carried by a few extreme branches, e.g. those without any label signal?).
     """
     state, pool = learner.state, list(learner.state["pool"])
     options = replay_options(state, overrides or {})
@@ -51,7 +54,8 @@ def replay(learner: SavedLearner, overrides: dict[str, Any] | None = None,
         learn_memory(selector, other.state, f"learner-replay: {other.trial_id}",
                      _rows_with_any(other.state, pool, drop_without or []))
     return learn_memory(selector, state, f"learner-replay: {learner.trial_id}",
-                        _rows_with_any(state, pool, drop_without or []), int(state.get("prior_phases", 0)))
+                        _rows_with_any(state, pool, drop_without or []), int(state.get("prior_phases", 0)),
+                        _rows_with_any(state, pool, score_with or []))
 
 
 def _rows_with_any(state: dict[str, Any], pool: list[str], kinds: list[str]) -> list[bool]:
@@ -59,7 +63,7 @@ def _rows_with_any(state: dict[str, Any], pool: list[str], kinds: list[str]) -> 
     actions = Memory.from_state_dict(state["memory"]).actions
     unknown = [k for k in kinds if k not in pool]
     if unknown:
-        raise ValueError(f"learner-replay: --drop-without kind(s) {unknown} are not in the learner's pool {pool}")
+        raise ValueError(f"learner-replay: kind(s) {unknown} are not in the learner's pool {pool}")
     if not kinds:
         return [True] * actions.shape[0]
     columns = [pool.index(k) for k in kinds]
@@ -81,7 +85,7 @@ def record_value(learner: SavedLearner, key: str) -> str:
 
 def summarise(learners: list[SavedLearner], overrides: dict[str, Any] | None = None,
               drop_without: list[str] | None = None, by: str | None = None,
-              cross_seed: bool = False) -> list[dict[str, Any]]:
+              cross_seed: bool = False, score_with: list[str] | None = None) -> list[dict[str, Any]]:
     """Per task (and per value of the run_record field ``by``, when given: the arms of a sweep): transitions,
     and the prediction-realised correlation of the decided branches and of all. ``cross_seed``: each learner
     first learns the memories of its group's other seeds (leave one seed out)."""
@@ -89,7 +93,8 @@ def summarise(learners: list[SavedLearner], overrides: dict[str, Any] | None = N
     groups: dict[tuple[str, str], list[tuple[int, list[ReplayedRow]]]] = {}
     for key, learner in keyed:
         prior = [o for k, o in keyed if k == key and o.seed != learner.seed] if cross_seed else None
-        groups.setdefault(key, []).append((learner.seed, replay(learner, overrides, drop_without, prior)))
+        groups.setdefault(key, []).append((learner.seed, replay(learner, overrides, drop_without, prior,
+                                                                score_with)))
     table = []
     for task, value in sorted(groups, key=lambda k: (task_order_key(k[0]), k[1])):
         runs = sorted(groups[task, value], key=lambda run: run[0])  # by seed; arms may share one

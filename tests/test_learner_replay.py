@@ -68,6 +68,19 @@ def test_drop_without_leaves_out_the_rows_without_any_of_the_kinds(tmp_path: Pat
     assert len(rows) == actions.shape[0] - lacking
 
 
+def test_score_with_scores_a_subset_of_the_same_predictions(tmp_path: Path) -> None:
+    selector, _, _ = live_run(4)
+    save(tmp_path, "t1", selector)
+    [learner] = load_learners(tmp_path)
+    every = replay(learner)
+    actions = selector.memory.actions
+    with_label = ((actions[:, 0] > 0) | (actions[:, 1] > 0)).tolist()
+    assert 0 < sum(with_label) < len(with_label)
+    scored = replay(learner, score_with=["finetune", "response"])
+    assert scored == [row for row, keep in zip(every, with_label) if keep]  # learned from all, scored on some
+    assert scored != replay(learner, drop_without=["finetune", "response"])  # unlike dropping the rows
+
+
 def test_summary_pools_seeds_per_task_and_the_cli_prints_it(tmp_path: Path, capsys) -> None:
     for seed in (1, 2):
         save(tmp_path, f"s{seed}", live_run(seed)[0], task="stsb", seed=seed)
@@ -78,9 +91,10 @@ def test_summary_pools_seeds_per_task_and_the_cli_prints_it(tmp_path: Path, caps
     [mrpc, stsb] = summarise(load_learners(tmp_path))
     assert (mrpc["task"], stsb["task"], stsb["seeds"], stsb["rows"]) == ("mrpc", "stsb", [1, 2], 48)
     assert len(stsb["decided"][1]) == 2 and -1.0 <= stsb["all"][0] <= 1.0
-    assert main(["learner-replay", str(tmp_path), "--set", "pairwise=true", "--drop-without", "finetune"]) == 0
+    assert main(["learner-replay", str(tmp_path), "--set", "pairwise=true", "--drop-without", "finetune",
+                 "--score-with", "response"]) == 0
     out = capsys.readouterr().out
-    assert "Learner replay (pairwise=True, without rows lacking finetune)" in out and "| STS-B | 1, 2 |" in out
+    assert "Learner replay (pairwise=True, without rows lacking finetune, scoring only rows with response)" in out and "| STS-B | 1, 2 |" in out
 
 
 def test_by_splits_a_task_into_the_arms_of_a_sweep(tmp_path: Path, capsys) -> None:

@@ -82,11 +82,13 @@ def check_compatible(selector: "BanditSelector", state: dict[str, Any], where: s
 
 
 def learn_memory(selector: "BanditSelector", state: dict[str, Any], where: str,
-                 keep: Sequence[bool] | None = None, score_from: int = 0) -> list[ReplayedRow]:
+                 keep: Sequence[bool] | None = None, score_from: int = 0,
+                 scored: Sequence[bool] | None = None) -> list[ReplayedRow]:
     """Feed a saved memory to ``selector`` phase by phase: each phase is predicted, then learned.
 
-    ``keep`` masks the memory's rows (None: all); the rows of phases before ``score_from`` are learned but
-    not returned (a learner's own memory starts with what ``selector.init_from`` gave it).
+    ``keep`` masks the memory's rows (None: all); of those, the rows of phases before ``score_from`` (a
+    learner's own memory starts with what ``selector.init_from`` gave it) and rows ``scored`` masks out are
+    learned but not returned.
     """
     columns = check_compatible(selector, state, where)
     memory = Memory.from_state_dict(state["memory"])
@@ -102,7 +104,9 @@ def learn_memory(selector: "BanditSelector", state: dict[str, Any], where: str,
         predicted = selector.replay_phase(memory.states[index[0], columns], memory.actions[index],
                                           memory.references[index[0]] if paired else None, targets)
         if phase >= score_from:
-            rows += [ReplayedRow(phase, b, p, t) for b, p, t in zip(branches, predicted, targets.tolist())]
+            rows += [ReplayedRow(phase, b, p, t) for b, i, p, t in zip(branches, index.tolist(), predicted,
+                                                                        targets.tolist())
+                     if scored is None or scored[i]]
     return rows
 
 
