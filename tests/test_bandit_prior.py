@@ -21,9 +21,10 @@ from kdray.selection.synthetic import POOL, PlantedEnv
 
 
 def folder_of_learners(root: Path) -> Path:
-    """STS-B seeds 1 and 2 and MRPC seed 2, 12 planted phases each."""
+    """STS-B seeds 1 and 2 and MRPC seed 2, 12 planted phases each; and STS-B seed 4 scored with pearson."""
     for task, seed in (("stsb", 1), ("stsb", 2), ("mrpc", 2)):
         save(root, f"{task}-s{seed}", live_run(seed + (5 if task == "mrpc" else 0))[0], task=task, seed=seed)
+    save(root, "stsb-pearson-s4", live_run(9)[0], task="stsb", seed=4, score="pearson")
     return root
 
 
@@ -52,6 +53,13 @@ def test_a_folder_gives_the_tasks_learners_from_other_seeds(tmp_path: Path) -> N
     learn_memory(by_hand, stsb2.state, "by hand")
     assert started.posterior.mean.tolist() == by_hand.posterior.mean.tolist()
     assert build_selector(config, list(POOL), 3, task="stsb").prior_phases == 24  # seed 3: both stsb learners
+    # targets in another score's units are not learned: a pearson run takes only the pearson learner
+    pearson = SelectorConfig.model_validate({"name": "bandit", "init_from": str(folder),
+                                             "reward": {"score": "pearson"}})
+    assert build_selector(pearson, list(POOL), 3, task="stsb").prior_phases == 12
+    with pytest.raises(ValueError, match="its targets are in selector.reward.score pearson, this run's are in ce"):
+        build_selector(SelectorConfig(name="bandit", init_from=str(folder / "trials" / "stsb-pearson-s4" /
+                                                                   "selector.pt")), list(POOL), 1, task="stsb")
     fresh = build_selector(SelectorConfig(name="bandit", action="soft"), list(POOL), 1, task="stsb")
     assert fresh.prior_phases == 0 and fresh.posterior.mean.tolist() != started.posterior.mean.tolist()
 
@@ -78,7 +86,8 @@ def test_a_saved_file_is_learned_and_a_learner_it_cannot_read_is_named(tmp_path:
     one = folder / "trials" / "stsb-s2" / "selector.pt"
     assert build_selector(SelectorConfig(name="bandit", action="soft", init_from=str(one)), list(POOL), 1,
                           task="stsb").prior_phases == 12
-    with pytest.raises(ValueError, match="no saved bandit learner of task rte from a seed other than 1"):
+    with pytest.raises(ValueError, match="no saved bandit learner of task rte with selector.reward.score ce from a "
+                                         "seed other than 1"):
         build_selector(SelectorConfig(name="bandit", init_from=str(folder)), list(POOL), 1, task="rte")
     with pytest.raises(ValueError, match=r"has pool=.*only learners of one pool"):
         build_selector(SelectorConfig(name="bandit", init_from=str(one)), list(POOL)[:3], 1, task="stsb")

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from kdray.config import BanditConfig, SelectorConfig
 from kdray.selection.bandit_model import Memory, Posterior, design, prior_mean
-from kdray.selection.bandit_prior import FORMAT, learn_memory, prior_learners
+from kdray.selection.bandit_prior import FORMAT, learn_memory, prior_learners, saved_file_learner
 from kdray.selection.base import PhaseOutcome, PhaseRecord, PhaseState, Selector, read_state, register_selector
 FEATURE_GROUPS: tuple[str, ...] = ("progress", "lr", "losses", "grad_norms", "cosines", "holdout", "prev_action")
 MAX_CANDIDATES = 50_000  # soft grid size limit: levels ** len(pool)
@@ -354,18 +354,19 @@ class BanditSelector(Selector):
         """``selector.init_from``: learn saved memories before this run's first phase.
 
         ``path`` is a saved ``selector.pt`` or a sweep folder (or its results/ copy), whose saved learners of
-        ``task`` from other seeds are learned in trial-id order. Each memory is replayed phase by phase, so
-        the posterior, standardisation and reward scale are those a learner that had lived through those
-        phases would have; this run's stage 1 then adds its own. Only the memory carries over (its options
-        are this run's), and the phases learned here are marked so that a replay scores only the run's own.
+        ``task`` from other seeds, with this run's ``selector.reward.score``, are learned in trial-id order.
+        Each memory is replayed phase by phase, so the posterior, standardisation and reward scale are those a
+        learner that had lived through those phases would have; this run's stage 1 then adds its own. Only the
+        memory carries over (its options are this run's), and the phases learned here are marked so that a
+        replay scores only the run's own.
         """
+        score = self.config.reward.score
         if Path(path).is_dir():
-            sources = [(f"selector.init_from={path} ({x.trial_id})", x.state)
-                       for x in prior_learners(path, task, self.seed)]
+            sources = prior_learners(path, task, self.seed, score)
         else:
-            sources = [(f"selector.init_from={path}", read_state(path, f"selector.init_from={path}"))]
-        for where, state in sources:
-            learn_memory(self, state, where)
+            sources = [saved_file_learner(path, read_state(path, f"selector.init_from={path}"), score)]
+        for learner in sources:
+            learn_memory(self, learner.state, f"selector.init_from={path} ({learner.trial_id})")
         self.prior_phases = self.observed
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -110,12 +110,30 @@ def learn_memory(selector: "BanditSelector", state: dict[str, Any], where: str,
     return rows
 
 
-def prior_learners(folder: str | Path, task: str | None, seed: int) -> list[SavedLearner]:
-    """``selector.init_from`` as a folder: its saved learners of ``task`` from seeds other than ``seed``
-    (a run's own seed shares its batch order, so its phases would not be unseen ones)."""
+def reward_score(record: dict[str, Any]) -> str:
+    """The ``selector.reward.score`` a saved learner's targets are in (``ce`` for records from before the key)."""
+    return str(record.get("reward_shaping", {}).get("score", "ce"))
+
+
+def prior_learners(folder: str | Path, task: str | None, seed: int, score: str) -> list[SavedLearner]:
+    """``selector.init_from`` as a folder: its saved learners of ``task`` from seeds other than ``seed`` (a run's
+    own seed shares its batch order, so its phases would not be unseen ones) whose targets are in the run's
+    reward score (an advantage in squared error is not one in 1 - r)."""
     found = load_learners(folder)
-    chosen = [x for x in found if (task is None or x.task == task) and x.seed != seed]
+    chosen = [x for x in found
+              if (task is None or x.task == task) and x.seed != seed and reward_score(x.record) == score]
     if not chosen:
-        raise ValueError(f"selector.init_from={folder}: no saved bandit learner of task {task} from a seed other "
-                         f"than {seed} (found: {', '.join(f'{x.task} seed {x.seed}' for x in found)})")
+        seen = ", ".join(f"{x.task} seed {x.seed} score {reward_score(x.record)}" for x in found)
+        raise ValueError(f"selector.init_from={folder}: no saved bandit learner of task {task} with "
+                         f"selector.reward.score {score} from a seed other than {seed} (found: {seen})")
     return chosen
+
+
+def saved_file_learner(path: str | Path, state: dict[str, Any], score: str) -> SavedLearner:
+    """``selector.init_from`` as one ``selector.pt``; its run_record.json, when beside it, must match ``score``."""
+    beside = Path(path).parent / "run_record.json"
+    record = json.loads(beside.read_text()) if beside.is_file() else {}
+    if record and reward_score(record) != score:
+        raise ValueError(f"selector.init_from={path}: its targets are in selector.reward.score "
+                         f"{reward_score(record)}, this run's are in {score}")
+    return SavedLearner(Path(path).parent.name, str(record.get("task", "")), int(record.get("seed", -1)), state, record)
