@@ -23,7 +23,7 @@ from kdray.prediction import format_r, pearson
 from kdray.report_labels import TASK_LABELS, task_order_key
 from kdray.selection.bandit import BanditSelector
 from kdray.selection.bandit_model import Memory
-from kdray.selection.bandit_prior import ReplayedRow, SavedLearner, learn_memory
+from kdray.selection.bandit_prior import ReplayedRow, SavedLearner, learn_memory, own_rows
 
 
 def replay_options(state: dict[str, Any], overrides: dict[str, Any]) -> BanditConfig:
@@ -51,8 +51,8 @@ def replay(learner: SavedLearner, overrides: dict[str, Any] | None = None,
     options = replay_options(state, overrides or {})
     selector = BanditSelector(pool, SelectorConfig(name="bandit", action=state["action"]), 0, options)
     for other in prior or []:
-        learn_memory(selector, other.state, f"learner-replay: {other.trial_id}",
-                     _rows_with_any(other.state, pool, drop_without or []))
+        keep = [a and b for a, b in zip(_rows_with_any(other.state, pool, drop_without or []), own_rows(other.state))]
+        learn_memory(selector, other.state, f"learner-replay: {other.trial_id}", keep)
     return learn_memory(selector, state, f"learner-replay: {learner.trial_id}",
                         _rows_with_any(state, pool, drop_without or []), int(state.get("prior_phases", 0)),
                         _rows_with_any(state, pool, score_with or []))

@@ -79,6 +79,10 @@ def test_a_replay_reproduces_a_started_run_and_scores_only_its_own_phases(tmp_pa
     assert [r.realised for r in rows] == pytest.approx(realised, abs=0)
     assert [r.predicted for r in rows] == pytest.approx(predicted, rel=1e-12, abs=1e-15)
     assert {r.phase for r in rows} == set(range(24, 30))
+    # a run started from this learner takes its 6 own phases, not the 24 it learned from seeds 1 and 2
+    again = build_selector(SelectorConfig(name="bandit", action="soft", init_from=str(tmp_path / "run")),
+                           list(POOL), 1, task="stsb")
+    assert again.prior_phases == 6
 
 
 def test_a_saved_file_is_learned_and_a_learner_it_cannot_read_is_named(tmp_path: Path) -> None:

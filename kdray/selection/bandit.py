@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from kdray.config import BanditConfig, SelectorConfig
 from kdray.selection.bandit_model import Memory, Posterior, design, prior_mean
-from kdray.selection.bandit_prior import FORMAT, learn_memory, prior_learners, saved_file_learner
+from kdray.selection.bandit_prior import FORMAT, learn_memory, own_rows, prior_learners, saved_file_learner
 from kdray.selection.base import PhaseOutcome, PhaseRecord, PhaseState, Selector, read_state, register_selector
 FEATURE_GROUPS: tuple[str, ...] = ("progress", "lr", "losses", "grad_norms", "cosines", "holdout", "prev_action")
 MAX_CANDIDATES = 50_000  # soft grid size limit: levels ** len(pool)
@@ -366,7 +366,8 @@ class BanditSelector(Selector):
         else:
             sources = [saved_file_learner(path, read_state(path, f"selector.init_from={path}"), score)]
         for learner in sources:
-            learn_memory(self, learner.state, f"selector.init_from={path} ({learner.trial_id})")
+            where = f"selector.init_from={path} ({learner.trial_id})"
+            learn_memory(self, learner.state, where, own_rows(learner.state))
         self.prior_phases = self.observed
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

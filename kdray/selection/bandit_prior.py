@@ -110,6 +110,13 @@ def learn_memory(selector: "BanditSelector", state: dict[str, Any], where: str,
     return rows
 
 
+def own_rows(state: dict[str, Any]) -> list[bool]:
+    """Per row of a saved memory: whether it is the learner's own (not one it took from ``selector.init_from``),
+    so a learner started from it does not inherit, through it, runs of its own seed."""
+    phases = Memory.from_state_dict(state["memory"]).phases
+    return (phases >= int(state.get("prior_phases", 0))).tolist()
+
+
 def reward_score(record: dict[str, Any]) -> str:
     """The ``selector.reward.score`` a saved learner's targets are in (``ce`` for records from before the key)."""
     return str(record.get("reward_shaping", {}).get("score", "ce"))
