@@ -14,14 +14,25 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
+from kdray.config import BanditConfig, SelectorConfig
 from kdray.selection.bandit_model import Memory
 
-if TYPE_CHECKING:  # pragma: no cover - typing only (bandit imports this module)
-    from kdray.selection.bandit import BanditSelector
+
+class MemoryLearner(Protocol):
+    """What feeding a memory needs of a learner (:class:`kdray.selection.bandit.BanditSelector`, which imports
+    this module)."""
+
+    pool: list[str]
+    config: SelectorConfig
+    options: BanditConfig
+    names: list[str]
+
+    def replay_phase(self, raw: torch.Tensor, actions: torch.Tensor, reference: torch.Tensor | None,
+                     targets: torch.Tensor) -> list[float]: ...
 
 FORMAT = "kdray.bandit/1"
 
@@ -62,7 +73,7 @@ def load_learners(folder: str | Path) -> list[SavedLearner]:
     return learners
 
 
-def check_compatible(selector: "BanditSelector", state: dict[str, Any], where: str) -> list[int]:
+def check_compatible(selector: MemoryLearner, state: dict[str, Any], where: str) -> list[int]:
     """The recorded feature columns ``selector`` reads from a saved learner's memory; a ValueError naming
     ``where`` when the memory cannot be read by it (other pool, action mode, grid, or missing features)."""
     if state.get("format") != FORMAT:
@@ -81,7 +92,7 @@ def check_compatible(selector: "BanditSelector", state: dict[str, Any], where: s
     return [recorded.index(name) for name in selector.names]
 
 
-def learn_memory(selector: "BanditSelector", state: dict[str, Any], where: str,
+def learn_memory(selector: MemoryLearner, state: dict[str, Any], where: str,
                  keep: Sequence[bool] | None = None, score_from: int = 0,
                  scored: Sequence[bool] | None = None) -> list[ReplayedRow]:
     """Feed a saved memory to ``selector`` phase by phase: each phase is predicted, then learned.
