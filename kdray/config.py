@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Self, Union, get_args
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from kdray.config_paths import ConfigError, StrictModel, apply_overrides, check_names, format_errors
 from kdray.config_search import Distribution, LoggingConfig, SearchConfig, candidate_values
@@ -205,6 +205,21 @@ class _RunSections(StrictModel):
                              f"dynamic int8 quantization); on GPUs use bf16 or fp16 (allowed: {allowed})")
         return self
 
+    def with_paths_resolved(self, base: Path) -> Self:
+        """A copy whose relative paths (``data.dir``, caches, ``teacher.finetuned.*``, ``selector.init_from``) are
+        made absolute against ``base``; URIs and absolute paths are kept."""
+        def fix(value: str | None) -> str | None:
+            if not value or "://" in value or Path(value).is_absolute():
+                return value
+            return str((base / value).resolve())
+
+        data = self.data.model_copy(update={"dir": fix(self.data.dir), "cache_dir": fix(self.data.cache_dir)})
+        teacher = self.teacher.model_copy(update={
+            "cache_dir": fix(self.teacher.cache_dir),
+            "finetuned": {k: fix(v) or v for k, v in self.teacher.finetuned.items()}})
+        selector = self.selector.model_copy(update={"init_from": fix(self.selector.init_from)})
+        return self.model_copy(update={"data": data, "teacher": teacher, "selector": selector}, deep=True)
+
 
 class RunConfig(_RunSections):
     """One distillation run of one task: what ``kdray train`` and every sweep trial execute."""
@@ -257,6 +272,9 @@ class SweepConfig(_RunSections):
     task_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     search: SearchConfig = Field(default_factory=SearchConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    # the space file's folder once its paths are resolved (kdray.sweep.resolve_paths): a path a trial's
+    # overrides set (task_overrides, a searched value) resolves against it too, while trial keys keep it as written
+    _base_dir: Path | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -291,7 +309,15 @@ class SweepConfig(_RunSections):
 
     def trial_run(self, task: str, overrides: dict[str, Any], source: str) -> "RunConfig":
         """The validated run of one trial: ``task``'s base run with ``overrides`` (dotted keys) set over it."""
-        return validate(RunConfig, apply_overrides(self.base_run(task), overrides, RunConfig, source), source)
+        run = validate(RunConfig, apply_overrides(self.base_run(task), overrides, RunConfig, source), source)
+        return run if self._base_dir is None else run.with_paths_resolved(self._base_dir)
+
+    def resolved_against(self, base: Path) -> "SweepConfig":
+        """A copy with the file's relative paths made absolute against ``base`` (the YAML's folder), in the base
+        settings now and in every trial's overrides when its run is built."""
+        out = self.with_paths_resolved(base)
+        out._base_dir = base
+        return out
 
 
 # --------------------------------------------------------------------------- loading

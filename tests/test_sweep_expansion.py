@@ -143,6 +143,20 @@ def test_trials_are_typed_and_never_changed_in_place(tmp_path: Path) -> None:
     assert trial.identity() == {"trial_key": trial.key, "task": "rte", "seed": 1, "repeat": 0, "params": {}}
 
 
+def test_paths_a_trial_sets_resolve_against_the_file_but_keys_keep_them_as_written(tmp_path: Path) -> None:
+    """A path from task_overrides or a searched value reads like one in the base settings: relative to the file."""
+    (tmp_path / "spaces").mkdir()
+    path = tmp_path / "spaces" / "paths.yaml"
+    path.write_text(GOOD + "task_overrides: {rte: {data.cache_dir: rte_cache}}\n"
+                    "search:\n  mode: grid\n  space:\n    selector.init_from: {grid: [null, ../prior, /abs/prior]}\n")
+    trials = [t for t in expand_grid(resolve_paths(load_sweep_config(path), path.parent)) if t.seed == 1]
+    assert [t.run.selector.init_from for t in trials] == [None, str(tmp_path / "prior"), "/abs/prior"]
+    assert {t.run.data.cache_dir for t in trials} == {str(tmp_path / "spaces" / "rte_cache")}
+    assert [t.params["selector.init_from"] for t in trials] == [None, "../prior", "/abs/prior"]  # as written
+    again = [t for t in expand_grid(resolve_paths(load_sweep_config(path), tmp_path / "x")) if t.seed == 1]
+    assert [t.key for t in again] == [t.key for t in trials]  # keys do not depend on where the file lies
+
+
 def test_optuna_sample_becomes_a_typed_trial(tmp_path: Path) -> None:
     from kdray.sweep.expansion import optuna_trial, tune_identity
 

@@ -51,19 +51,9 @@ def trial_key(sweep_name: str, task: str, seed: int, params: dict[str, Any], rep
 
 
 def resolve_paths(sweep: SweepConfig, base: Path) -> SweepConfig:
-    """A copy with the file's relative paths made absolute against ``base`` (the YAML's folder)."""
-
-    def fix(value: str | None) -> str | None:
-        if not value or "://" in value or Path(value).is_absolute():
-            return value
-        return str((base / value).resolve())
-
-    data = sweep.data.model_copy(update={"dir": fix(sweep.data.dir), "cache_dir": fix(sweep.data.cache_dir)})
-    teacher = sweep.teacher.model_copy(update={
-        "cache_dir": fix(sweep.teacher.cache_dir),
-        "finetuned": {k: fix(v) or v for k, v in sweep.teacher.finetuned.items()}})
-    selector = sweep.selector.model_copy(update={"init_from": fix(sweep.selector.init_from)})
-    return sweep.model_copy(update={"data": data, "teacher": teacher, "selector": selector}, deep=True)
+    """A copy with the file's relative paths made absolute against ``base`` (the YAML's folder): its base
+    settings, and the paths a trial's task_overrides or searched values set (its key keeps them as written)."""
+    return sweep.resolved_against(base)
 
 
 def _grid_values(key: str, dist: Distribution, source: str) -> list[Any]:
