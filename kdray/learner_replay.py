@@ -118,8 +118,8 @@ def render(table: list[dict[str, Any]], heading: str, by: str | None = None) -> 
     def cell(value: tuple[float, list[float]]) -> str:
         pooled, per = value
         return f"{format_r(pooled)} ({', '.join(format_r(v) for v in per)})"
-    extra = [f" {by} |"] if by else [""]
-    lines = [f"### {heading}", "", f"| Task |{extra[0]} seeds | transitions | decided branch | every branch |",
+    by_column = f" {by} |" if by else ""
+    lines = [f"### {heading}", "", f"| Task |{by_column} seeds | transitions | decided branch | every branch |",
              "|:---|" + (":---|" if by else "") + ":---|---:|---:|---:|"]
     lines += [f"| {TASK_LABELS.get(t['task'], t['task'])} |" + (f" {t[by]} |" if by else "")
               + f" {', '.join(map(str, t['seeds']))} | {t['rows']} | {cell(t['decided'])} | {cell(t['all'])} |"

@@ -74,14 +74,8 @@ def check_inputs(sweep: SweepConfig, runs: Iterable[RunConfig]) -> None:
     for run in runs:
         for task, folder in run.teacher.finetuned.items():
             _check_model_folder(folder, f"teacher.finetuned.{task}")
-        source = run.selector.init_from
-        folder_ok = run.selector.name == "bandit" and source and Path(source).is_dir()
-        if source and not (Path(source).is_file() or folder_ok):
-            what = "a saved selector.pt, or for the bandit a sweep folder" if run.selector.name == "bandit" else \
-                "a saved selector.pt"
-            raise ConfigError(f"selector.init_from {source}: no such file ({what})")
-        if source and run.selector.name == "bandit":
-            _check_bandit_start(run)
+        if run.selector.init_from:
+            _check_init_from(run)
     for task, source, folder in sorted({(r.task, r.data.source, r.data.dir or "") for r in runs}):
         check_glue(task, source, folder or None)
     for folder, what in sorted({(r.data.cache_dir, "data.cache_dir") for r in runs if r.data.cache_dir}
@@ -190,6 +184,16 @@ def _bandit_start(selector_json: str, pool: tuple[str, ...], seed: int, task: st
     from kdray.selection import build_selector  # torch: only when a bandit starts from saved memories
 
     build_selector(SelectorConfig.model_validate_json(selector_json), list(pool), seed, task=task)
+
+
+def _check_init_from(run: RunConfig) -> None:
+    """``selector.init_from`` names a saved selector.pt (the bandit: or a sweep folder it can start from)."""
+    source, bandit = Path(run.selector.init_from or ""), run.selector.name == "bandit"
+    if not (source.is_file() or (bandit and source.is_dir())):
+        what = "a saved selector.pt" + (", or for the bandit a sweep folder" if bandit else "")
+        raise ConfigError(f"selector.init_from {run.selector.init_from}: no such file ({what})")
+    if bandit:
+        _check_bandit_start(run)
 
 
 def _check_bandit_start(run: RunConfig) -> None:
