@@ -225,6 +225,9 @@ def seed_stability(branches: pd.DataFrame) -> pd.DataFrame:
     ``predictable_share`` = (mean² + cell effect²) / (that + seed variance): the share of the advantage's mean
     square about 0 that a learner knowing each cell's true mean gets right on a new seed. The rest changes from
     seed to seed with the phase's batches and the student's state; dropout is a small part of it (advantage noise).
+    ``correlation_ceiling`` = sqrt(cell effect² / (cell effect² + seed variance)): the correlation that learner's
+    predictions reach with the advantages of a new seed (a correlation ignores the common mean), the bar for
+    issue 15's "prediction correlates >= 0.5 with the realised target" from candidate and progress alone.
     """
     out = []
     for task, group in branches.groupby("task", sort=False):
@@ -240,7 +243,9 @@ def seed_stability(branches: pd.DataFrame) -> pd.DataFrame:
         known = float(means.mean()) ** 2 + effect
         out.append({"task": task, "cells": len(means), "seeds": n, "mean_advantage": float(means.mean()),
                     "cell_effect_sd": math.sqrt(effect), "seed_sd": math.sqrt(seed_var),
-                    "predictable_share": known / (known + seed_var) if known + seed_var > 0 else math.nan})
+                    "predictable_share": known / (known + seed_var) if known + seed_var > 0 else math.nan,
+                    "correlation_ceiling": (math.sqrt(effect / (effect + seed_var)) if effect + seed_var > 0
+                                            else math.nan)})
     return pd.DataFrame(out)
 
 
@@ -284,14 +289,16 @@ def _stability_lines(stability: pd.DataFrame) -> list[str]:
         return []
     lines = ["", "## Does the advantage repeat across seeds? (`seed_stability`)", "",
              "| task | cells (boundary x candidate) | seeds | mean advantage | cell-effect sd | seed-to-seed sd | "
-             "predictable share |", "|---|---|---|---|---|---|---|"]
+             "predictable share | correlation ceiling |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.task} | {r.cells} | {r.seeds} | {r.mean_advantage:+.4f} | {r.cell_effect_sd:.4f} | {r.seed_sd:.4f} | "
-              f"{r.predictable_share:.2f} |" for r in stability.itertuples()]
+              f"{r.predictable_share:.2f} | {r.correlation_ceiling:.2f} |" for r in stability.itertuples()]
     return lines + ["", "Advantage = reference minus candidate (0: as good as the reference), mean over replicates. "
                         "Predictable share: of the advantage's mean square about 0, the part that each cell's true "
                         "mean (one-way ANOVA estimate) carries, i.e. what candidate and training progress can "
                         "predict on a new seed; the rest changes from seed to seed (the phase's batches, the "
-                        "student's state), little of it with dropout (advantage noise)."]
+                        "student's state), little of it with dropout (advantage noise). Correlation ceiling: the "
+                        "correlation of those true cell means with a new seed's advantages, the most a predictor "
+                        "of the advantage from candidate and progress alone can reach."]
 
 
 def _plan_columns(plan: Plan) -> dict[str, Any]:

@@ -127,6 +127,7 @@ def test_seed_stability_separates_a_repeating_advantage_from_a_seed_specific_one
     row = stable.iloc[0]
     assert (row.cells, row.seeds) == (6, 4) and row.mean_advantage == pytest.approx(0.0, abs=1e-12)
     assert row.predictable_share == pytest.approx(1.0) and row.seed_sd == pytest.approx(0.0, abs=1e-9)
+    assert row.correlation_ceiling == pytest.approx(1.0)
     rng = np.random.default_rng(0)
     noise = {(s, b, c): rng.normal(0, 0.02) for s in range(1, 5) for b in (0, 20, 40) for c in ("finetune", "teacher")}
     seed_only = seed_stability(_branches(lambda s, b, c: noise[(s, b, c)])).iloc[0]
@@ -134,3 +135,12 @@ def test_seed_stability_separates_a_repeating_advantage_from_a_seed_specific_one
     # every candidate a little worse than the reference in every seed: the mean alone is predictable
     offset = seed_stability(_branches(lambda s, b, c: -0.02 + noise[(s, b, c)])).iloc[0]
     assert offset.mean_advantage == pytest.approx(-0.02, abs=0.01) and seed_only.predictable_share < offset.predictable_share < 1
+    # ... but a common offset predicts nothing a correlation sees: the ceiling stays where the noise puts it
+    assert offset.correlation_ceiling == pytest.approx(seed_only.correlation_ceiling) and seed_only.correlation_ceiling < 0.5
+    # half the signal's variance from the cells, half from the seeds: a ceiling near sqrt(1/2)
+    rng = np.random.default_rng(1)
+    cell = {(b, c): rng.normal(0, 0.02) for b in (0, 20, 40) for c in ("finetune", "teacher")}
+    half = {(s, b, c): cell[(b, c)] + rng.normal(0, 0.02) for s in range(1, 41) for b in (0, 20, 40)
+            for c in ("finetune", "teacher")}
+    mixed = seed_stability(_branches(lambda s, b, c: half[(s, b, c)], seeds=40)).iloc[0]
+    assert 0.45 < mixed.correlation_ceiling < 0.9
