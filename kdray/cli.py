@@ -85,6 +85,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         overrides=dict(_parse_override(o) for o in args.set or []),
         teachers_only=args.teachers_only,
         rerun_changed=args.rerun_changed,
+        tasks=None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()],
     )
 
 
@@ -202,6 +203,9 @@ def _add_run_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the expanded trials and exit")
     p.add_argument("--max-concurrent", type=_positive_int, default=None, help="at most N trials at once (N >= 1)")
     p.add_argument("--num-samples", type=_positive_int, default=None, help="override search.num_samples (N >= 1)")
+    p.add_argument("--tasks", default=None, metavar="TASK[,TASK]",
+                   help="run only these of the file's tasks (trial keys as in the whole file: a later --resume "
+                        "of the whole file runs the rest); seeds: --set train.seeds=[1,2]")
     p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
                    help="override a base setting of the space file, e.g. resources.use_gpu=true")
     p.add_argument("--teachers-only", action="store_true",

@@ -235,3 +235,24 @@ def test_startup_trials_below_one_is_refused(tmp_path: Path) -> None:
     path.write_text(GOOD + "search:\n  mode: optuna\n  startup_trials: 0\n  space:\n    train.lr: {uniform: [1.0e-5, 1.0]}\n")
     with pytest.raises(ConfigError, match=r"search.startup_trials: Input should be greater than or equal to 1"):
         load_sweep_config(path)
+
+
+def test_tasks_option_runs_a_subset_under_the_whole_files_keys(capsys: pytest.CaptureFixture) -> None:
+    """``kdray sweep --tasks``: the chosen tasks' trials, with their task_overrides and the keys the whole file
+    gives them (so a later --resume of the whole file runs only the rest); a task the file lacks is refused
+    before Ray, naming the option, the file and the allowed tasks."""
+    from kdray.sweep.run import load_sweep
+
+    path = str(REPO / "search_spaces" / "glue_study.yaml")
+    full = load_sweep(path, None, None, None)
+    whole = expand_grid(full, path)
+    subset = load_sweep(path, None, None, None, ["stsb", "cola"])
+    assert subset.tasks == [t for t in full.tasks if t in ("cola", "stsb")]  # the file's order
+    assert set(subset.task_overrides) == set(full.task_overrides) & {"cola", "stsb"}
+    part = expand_grid(subset, path)
+    expected = [t for t in whole if t.task in ("cola", "stsb")]
+    assert [t.key for t in part] == [t.key for t in expected] and part
+    assert [t.run for t in part] == [t.run for t in expected]  # task_overrides kept for the chosen tasks
+    assert run_sweep(path, dry_run=True, tasks=["stsb", "qnli"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("--tasks qnli: not one of ") and "glue_study.yaml's tasks; allowed: " in err[0]

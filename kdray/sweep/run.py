@@ -42,7 +42,7 @@ SWEEP_LOCK = ".sweep.lock"  # held by the one driver of a sweep, fresh or resume
 def run_sweep(space_path: str, address: str | None = None, storage: str | None = None, name: str | None = None,
               resume: bool = False, dry_run: bool = False, max_concurrent: int | None = None,
               num_samples: int | None = None, overrides: dict[str, Any] | None = None,
-              teachers_only: bool = False, rerun_changed: bool = False) -> int:
+              teachers_only: bool = False, rerun_changed: bool = False, tasks: list[str] | None = None) -> int:
     """Run (or with ``dry_run`` print) the sweep in ``space_path``; returns the process exit code.
 
     Args:
@@ -60,6 +60,8 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
             them on one GPU box (or before a long sweep) and run the trials later with the same storage.
         rerun_changed: resume, running again the recorded grid trials whose settings differ from the file's
             (:func:`kdray.sweep.settings.forget_changed`); without it such a sweep is refused.
+        tasks: run only these of the file's tasks (``--tasks``); their trials keep the keys the whole file gives
+            them, so a later ``--resume`` of the whole file runs only the other tasks' trials.
 
     Returns:
         0 when every trial finished, 1 when some trial is recorded as ERROR, 2 for a bad configuration (found
@@ -74,7 +76,7 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
             raise ConfigError(f"--max-concurrent {max_concurrent}: must be >= 1")
         if rerun_changed and "://" in storage:
             raise ConfigError("--rerun-changed needs a local --storage (it rewrites the Parquet files there)")
-        sweep = load_sweep(space_path, overrides, name, num_samples)
+        sweep = load_sweep(space_path, overrides, name, num_samples, tasks)
         trials = expand_grid(sweep, str(space_path)) if sweep.search.mode == "grid" else None
         if rerun_changed and trials is None:
             raise ConfigError(f"{space_path}: --rerun-changed applies to grid sweeps (an Optuna trial's key is its "
@@ -102,10 +104,12 @@ def run_sweep(space_path: str, address: str | None = None, storage: str | None =
 
 
 def load_sweep(space_path: str, overrides: dict[str, Any] | None, name: str | None,
-               num_samples: int | None) -> SweepConfig:
-    """The validated sweep with the command line's name and sample count, its paths made absolute."""
+               num_samples: int | None, tasks: list[str] | None = None) -> SweepConfig:
+    """The validated sweep with the command line's name, sample count and tasks, its paths made absolute."""
     sweep = load_sweep_config(space_path, overrides)
     refuse_searched_overrides(sweep, overrides or {}, space_path)
+    if tasks is not None:
+        sweep = only_tasks(sweep, tasks, space_path)
     if num_samples is not None:
         if num_samples < 1:
             raise ConfigError(f"--num-samples {num_samples}: must be >= 1")
@@ -116,6 +120,18 @@ def load_sweep(space_path: str, overrides: dict[str, Any] | None, name: str | No
         raise ConfigError(f"{space_path}: search.scheduler.type: asha needs one objective; "
                           f"set search.multi_objective: false or scheduler type none")
     return resolve_paths(sweep, Path(space_path).resolve().parent)
+
+
+def only_tasks(sweep: SweepConfig, tasks: list[str], space_path: str) -> SweepConfig:
+    """The sweep restricted to ``tasks`` (each one of the file's, in the file's order), with their overrides."""
+    unknown = [t for t in tasks if t not in sweep.tasks]
+    if unknown or not tasks:
+        what = f"--tasks {','.join(unknown)}: not one of {space_path}'s tasks" if unknown else "--tasks: no task named"
+        raise ConfigError(f"{what}; allowed: {', '.join(sweep.tasks)}")
+    keep = [t for t in sweep.tasks if t in tasks]
+    overrides = {t: v for t, v in sweep.task_overrides.items() if t in keep}
+    return validate(SweepConfig, {**sweep.model_dump(), "tasks": keep, "task_overrides": overrides},
+                    f"--tasks {','.join(tasks)}")
 
 
 def refuse_searched_overrides(sweep: SweepConfig, overrides: dict[str, Any], space_path: str) -> None:
