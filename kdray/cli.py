@@ -279,7 +279,8 @@ def _add_result_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="leave out the transitions that gave every one of these kinds weight 0")
     p.add_argument("--by", default=None, metavar="FIELD",
                    help="a row per value of this run_record.json field (dotted), e.g. reward_shaping.score or "
-                        "phase_steps: the arms of a sweep, each pooled over its seeds")
+                        "phase_steps: the arms of a sweep, each pooled over its seeds; or of selector.pt's "
+                        "prior_phases (0: a learner that did not start from selector.init_from)")
     p.add_argument("--score-with", default=None, metavar="KIND[,KIND]",
                    help="score only the transitions that gave one of these kinds weight; every one is still learned")
     p.add_argument("--cross-seed", action="store_true",

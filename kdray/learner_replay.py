@@ -70,13 +70,23 @@ def _rows_with_any(state: dict[str, Any], pool: list[str], kinds: list[str]) -> 
     return (actions[:, columns] > 0).any(dim=1).tolist()
 
 
+def _scalar_state(learner: SavedLearner) -> dict[str, Any]:
+    """The saved learner's own scalar entries (``prior_phases``: how many phases it took from init_from)."""
+    return {k: v for k, v in learner.state.items() if isinstance(v, (int, float, str, bool))}
+
+
 def record_value(learner: SavedLearner, key: str) -> str:
-    """``key`` (dotted, e.g. ``reward_shaping.score``) of the learner's run_record.json, as text."""
+    """``key`` (dotted, e.g. ``reward_shaping.score``) of the learner's run_record.json, or a scalar entry of its
+    selector.pt (``prior_phases``: learners started from ``selector.init_from`` apart from the rest), as text."""
+    own = _scalar_state(learner)
+    if key in own and key not in learner.record:
+        return str(own[key])
     node: Any = learner.record
     for i, part in enumerate(key.split(".")):
         if not isinstance(node, dict) or part not in node:
             where = ".".join(key.split(".")[:i]) or "run_record.json"
-            allowed = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a mapping)"
+            keys = sorted(node) + (sorted(own) if i == 0 else []) if isinstance(node, dict) else []
+            allowed = ", ".join(keys) if isinstance(node, dict) else "(not a mapping)"
             raise ValueError(f"learner-replay --by {key}: {learner.trial_id}'s {where} has no {part!r}; "
                              f"allowed: {allowed}")
         node = node[part]

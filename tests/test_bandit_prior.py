@@ -115,3 +115,23 @@ def test_a_sweep_whose_bandit_cannot_start_from_the_folder_is_refused_before_ray
     path.write_text(yaml.safe_dump(doc))
     assert main(["sweep", str(path), "--storage", str(tmp_path / "runs"), "--dry-run"]) == 2
     assert "no such file (a saved selector.pt, or for the bandit a sweep folder)" in capsys.readouterr().err
+
+
+def test_learner_replay_by_prior_phases_keeps_started_learners_apart(tmp_path: Path, capsys) -> None:
+    """One sweep holding both arms (with and without selector.init_from, the same seed): ``--by prior_phases``
+    (a selector.pt entry, not a run_record.json field) gives each arm its own row."""
+    from kdray.learner_replay import summarise
+
+    prior = folder_of_learners(tmp_path / "prior")
+    started = build_selector(SelectorConfig(name="bandit", action="soft", init_from=str(prior)), list(POOL), 3,
+                             task="stsb")
+    continue_live(started, 3)
+    fresh = build_selector(SelectorConfig(name="bandit", action="soft"), list(POOL), 3, task="stsb")
+    continue_live(fresh, 3)
+    save(tmp_path / "run", "stsb-s3-prior", started, task="stsb", seed=3)
+    save(tmp_path / "run", "stsb-s3-none", fresh, task="stsb", seed=3)
+    none, with_prior = summarise(load_learners(tmp_path / "run"), by="prior_phases")
+    assert (none["prior_phases"], with_prior["prior_phases"]) == ("0", "24")
+    assert none["seeds"] == with_prior["seeds"] == [3] and none["rows"] == with_prior["rows"]
+    assert main(["learner-replay", str(tmp_path / "run"), "--by", "prior_phase"]) == 2
+    assert "allowed: " in (err := capsys.readouterr().err) and "prior_phases" in err and "task" in err
