@@ -57,8 +57,9 @@ def format_r(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:+.2f}"
 
 
-def render_prediction(table: pd.DataFrame, fmt: str = "md") -> str:
-    """One row per (method, task): each stage's decisions, pooled correlation and per-seed correlations."""
+def render_prediction(table: pd.DataFrame, fmt: str = "md", part: str = "") -> str:
+    """One row per (method, task): each stage's decisions, pooled correlation and per-seed correlations;
+    ``part`` names the ``kdray report --by`` setting the table covers in its heading."""
     stages = sorted(set(table["stage"]))
     headers = ["Method", "Task"] + [STAGES.get(s, f"stage {s}") for s in stages]
     body = []
@@ -72,9 +73,9 @@ def render_prediction(table: pd.DataFrame, fmt: str = "md") -> str:
             "progress predicts that trend without telling actions apart (results/paired_snr), and the critic's "
             "own target also holds the discounted future.")
     if fmt == "latex":
-        lines = ["% Prediction (does the learner predict its reward?)", r"\begin{tabular}{ll" + "r" * len(stages) + "}",
+        lines = [f"% Prediction (does the learner predict its reward?){part}", r"\begin{tabular}{ll" + "r" * len(stages) + "}",
                  r"\toprule", " & ".join(headers) + r" \\", r"\midrule"] + [" & ".join(b) + r" \\" for b in body]
         return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", f"% {note}"]) + "\n"
-    lines = ["### Prediction (does the learner predict its reward?)", "", "| " + " | ".join(headers) + " |",
+    lines = [f"### Prediction (does the learner predict its reward?){part}", "", "| " + " | ".join(headers) + " |",
              "|:---|:---|" + "---:|" * len(stages)] + ["| " + " | ".join(b) + " |" for b in body]
     return "\n".join(lines + ["", f"- {note}"]) + "\n"

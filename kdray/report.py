@@ -258,8 +258,9 @@ def selection_table(trials: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
     return table[columns].reset_index(drop=True)
 
 
-def _render_selection(table: pd.DataFrame, fmt: str) -> str:
-    """The selection table as ``md`` or ``latex``: one row per (method, task), one cell per kind."""
+def _render_selection(table: pd.DataFrame, fmt: str, part: str = "") -> str:
+    """The selection table as ``md`` or ``latex``: one row per (method, task), one cell per kind; ``part`` names
+    the ``--by`` setting it covers in the heading."""
     kinds = list(dict.fromkeys(table["knowledge"]))
     headers = ["Method", "Task", "Seeds"] + kinds
     body = []
@@ -271,16 +272,35 @@ def _render_selection(table: pd.DataFrame, fmt: str) -> str:
     note = ("Final-run weight per kind: mean over phases and seeds ± mean within-run std over phases "
             "(first third → last third of the run).")
     if fmt == "md":
-        out = ["### Selection (final run)", "", "| " + " | ".join(headers) + " |",
+        out = [f"### Selection (final run){part}", "", "| " + " | ".join(headers) + " |",
                "|" + "|".join([":---"] * 3 + ["---:"] * len(kinds)) + "|"]
         out += ["| " + " | ".join(line) + " |" for line in body]
         return "\n".join(out + ["", f"- {note}"]) + "\n"
     if fmt == "latex":
-        out = ["% Selection (final run)", r"\begin{tabular}{" + "lll" + "r" * len(kinds) + "}", r"\toprule",
+        out = [f"% Selection (final run){_escape_latex(part)}", r"\begin{tabular}{" + "lll" + "r" * len(kinds) + "}", r"\toprule",
                " & ".join(_escape_latex(h) for h in headers) + r" \\", r"\midrule"]
         out += [" & ".join(_escape_latex(c).replace("→", r"$\to$") for c in line) + r" \\" for line in body]
         return "\n".join(out + [r"\bottomrule", r"\end{tabular}", f"% {_escape_latex(note)}"]) + "\n"
     raise ValueError(f"the selection table is rendered as md or latex, not {fmt!r}")
+
+
+def _learner_tables(trials: pd.DataFrame, traces: pd.DataFrame, by: str, fmt: str) -> str:
+    """The selection and prediction tables; with ``--by``, a pair per setting, so that arms of one method (a
+    learner with and without ``selector.init_from``, say) are not pooled."""
+    group = grouper(by, trials)
+    parts = [("", trials)]
+    if group is not None and not trials.empty:
+        labels = trials.apply(group[1], axis=1)
+        parts = [(f" — {group[0]}: {s}", trials[labels == s]) for s in sorted(set(labels), key=natural_key)]
+    text = ""
+    for part, rows in parts:
+        selection = selection_table(rows, traces)
+        if not selection.empty:
+            text += "\n" + _render_selection(selection, fmt, part)
+        prediction = prediction_table(rows, traces)
+        if not prediction.empty:
+            text += "\n" + render_prediction(prediction, fmt, part)
+    return text
 
 
 # What the tables read from trials.parquet; a file without them is not a kdray sweep's (or is damaged).
@@ -307,13 +327,8 @@ def render(results_dir: str | Path, fmt: str = "md", by: str = "method", plots_d
     trials, traces = load(results_dir)
     _require_columns(trials, results_dir)
     text = _render_table(trials, fmt, by, excluded)
-    # md and LaTeX only: a second table would make the CSV unreadable as one frame (the Parquet files hold it all)
-    selection = selection_table(trials, traces) if by == "method" and fmt != "csv" else pd.DataFrame()
-    if not selection.empty:
-        text += "\n" + _render_selection(selection, fmt)
-    prediction = prediction_table(trials, traces) if by == "method" and fmt != "csv" else pd.DataFrame()
-    if not prediction.empty:
-        text += "\n" + render_prediction(prediction, fmt)
+    if fmt != "csv":  # a second table would make the CSV unreadable as one frame (the Parquet files hold it all)
+        text += _learner_tables(trials, traces, by, fmt)
     if (paired is not None or against is not None) and fmt != "csv":
         from kdray.paired import paired_report
 

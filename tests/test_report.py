@@ -150,7 +150,7 @@ def test_latex_and_csv(sweep: Path) -> None:
 
 
 def test_ablation_tables(sweep: Path) -> None:
-    text = render(sweep, fmt="md", by="phase_steps")
+    text = render(sweep, fmt="md", by="phase_steps").split("### Selection")[0].split("### Prediction")[0]
     rows = [ln for ln in text.splitlines() if ln.startswith("| Finetune")]
     # seeds 0,1 ran phase_steps 10 (rte .60, .62), seed 2 ran 20 (rte .64)
     assert rows == ["| Finetune | 10 | 81.0/71.0 ± 1.4 (n=2) | 85.5/83.5 ± 0.7 (n=2) | 61.0 ± 1.4 (n=2) | 73.8 | 89.3 |",
@@ -219,4 +219,9 @@ def test_selection_table_summarises_the_final_run(sweep: Path) -> None:
     assert row.last_third == pytest.approx(np.mean([w[-2:].mean() for w in runs]))
     text = render(sweep)
     assert "### Selection (final run)" in text and "| AC-Soft | RTE | 3 |" in text
-    assert "Selection" not in render(sweep, by="phase_steps")
+    # with --by, one table per setting: the arms of a method are not pooled
+    by_phase = render(sweep, by="phase_steps")
+    ten, twenty = (by_phase.split(f"### Selection (final run) — Phase steps: {n}\n")[1] for n in (10, 20))
+    assert "| AC-Soft | RTE | 2 |" in ten.split("###")[0] and "| AC-Soft | RTE | 1 |" in twenty.split("###")[0]
+    assert "### Prediction (does the learner predict its reward?) — Phase steps: 20" in by_phase
+    assert "Selection" not in render(sweep, fmt="csv", by="phase_steps")
