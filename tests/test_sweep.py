@@ -196,3 +196,28 @@ def test_teachers_only_prepares_every_teacher_without_ray(tmp_path: Path, glue_d
     assert again.returncode == 0 and "2 teacher(s) ready" in again.stdout
     assert "teacher rte" in again.stdout and "teacher mrpc" in again.stdout
     assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # found, not fine-tuned again
+
+
+def test_resume_runs_the_trials_a_grown_file_added_to_the_tune_state(tmp_path: Path, glue_dir: Path,
+                                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    """A grid's Tune state holds the trials it started with. Resumed (Tuner.restore) with a file that gained a
+    seed since, the new trial used to be skipped silently (the sweep ended "1 trials (1 finished)"); it now
+    runs in a Tuner beside the restored one, and the recorded trial is left as it was."""
+    path = space(tmp_path, glue_dir, "grown", {"mode": "grid"}, seeds=(1,))
+    storage = tmp_path / "runs"
+    assert run_sweep(str(path), storage=str(storage)) == 0
+    before = load(storage / "grown")[0]
+    assert (storage / "grown" / "tune").is_dir() and len(before) == 1
+    capfd.readouterr()
+    assert run_sweep(str(path), storage=str(storage), resume=True, overrides={"train.seeds": [1, 2]}) == 0
+    out = capfd.readouterr().out
+    assert "1 trial(s) of the file were not in the resumed Tune state" in out
+    trials = load(storage / "grown")[0]
+    assert sorted(trials["seed"]) == [1, 2] and (trials["status"] == "TERMINATED").all()
+    old = before["trial_id"].iloc[0]
+    assert trials.set_index("trial_id").loc[old, "finished_at"] == before["finished_at"].iloc[0]
+    assert len(list((storage / "grown").glob("tune.added-*"))) == 1
+    # resumed again with nothing new: no further Tuner
+    assert run_sweep(str(path), storage=str(storage), resume=True, overrides={"train.seeds": [1, 2]}) == 0
+    assert "not in the resumed Tune state" not in capfd.readouterr().out
+    assert len(load(storage / "grown")[0]) == 2 and len(list((storage / "grown").glob("tune.added-*"))) == 1

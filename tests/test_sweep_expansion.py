@@ -213,7 +213,7 @@ def test_startup_trials_is_where_tpe_starts_to_model_scores(tmp_path: Path, star
     start (``search.startup_trials``), and different ones once it models the scores."""
     import optuna
 
-    from kdray.sweep.run import tpe_sampler
+    from kdray.sweep.tuner import tpe_sampler
 
     path = tmp_path / "opt.yaml"
     path.write_text(GOOD + f"search:\n  mode: optuna\n  startup_trials: {startup}\n"

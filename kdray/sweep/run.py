@@ -8,6 +8,7 @@ Shape of a sweep (:func:`run_sweep`):
 2. ``grid``: one Tuner over the explicit trials (``tune.grid_search`` over their identities). ``optuna``: one
    study per task (its own Tuner under ``<sweep>/tune_<task>``) with a seeded TPE sampler; trials run with the
    first of ``train.seeds``. Optional multi-objective: maximise ``dev_score`` and minimise ``train_seconds``.
+   The Tuners, restored by ``--resume``, are :mod:`kdray.sweep.tuner`'s.
 3. The teacher stage (:mod:`kdray.sweep.teachers`), then the trials (:mod:`kdray.sweep.trial`), each recorded in
    ``trials.parquet``/``traces.parquet`` as soon as it ends (:mod:`kdray.sweep.recorder`).
 """
@@ -25,15 +26,15 @@ from kdray import results
 from kdray.config import ConfigError, RunConfig, SweepConfig, load_sweep_config, validate
 from kdray.io import LockHeld, clean_stale_temps, locked, try_locked
 from kdray.sweep import reaper
-from kdray.sweep.expansion import Trial, describe, expand_grid, resolve_paths, tune_space
-from kdray.sweep.loggers import check_logging, logger_callbacks
+from kdray.sweep.expansion import Trial, describe, expand_grid, resolve_paths
+from kdray.sweep.loggers import check_logging
 from kdray.sweep.preflight import check_inputs, check_writable_folder, sweep_folder
 from kdray.sweep.ray_start import RayStartError, join, start_local
-from kdray.sweep.recorder import backfill, make_recorder
 from kdray.sweep.settings import changed_trials, check_recorded_settings, forget_changed
-from kdray.sweep.resources import QUIET_ENV, max_concurrent_trials, reuse_actors, tune_resources
+from kdray.sweep.resources import QUIET_ENV, max_concurrent_trials
 from kdray.sweep.teachers import teacher_root, teacher_stage
-from kdray.sweep.trial import ERROR_KEY, TrialContext, trial_fn
+from kdray.sweep.trial import TrialContext
+from kdray.sweep.tuner import run_tuner
 from kdray.tblog import tensorboard_command
 
 SWEEP_LOCK = ".sweep.lock"  # held by the one driver of a sweep, fresh or resumed
@@ -277,92 +278,8 @@ def _run_tuners(sweep: SweepConfig, trials: list[Trial] | None, storage: str, is
     for task in [None] if trials is not None else sweep.tasks:
         ctx = TrialContext(sweep, task, {t.key: t for t in trials or []}, teachers, root, trials_dir,
                            f"{sweep_dir}/train", sweep_dir)
-        failed += _run_tuner(ctx, trials, concurrent, resume, is_uri)
+        failed += run_tuner(ctx, trials, concurrent, resume, local_dir=results_dir(sweep_dir, sweep.name))
     return failed
-
-
-def _run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, resume: bool, is_uri: bool) -> int:
-    """One Tuner (the grid, or one task's Optuna study); returns how many of its trials ended in ERROR."""
-    from ray import tune
-
-    sweep, sweep_dir = ctx.sweep, ctx.sweep_dir
-    tuner_name = "tune" if ctx.task is None else f"tune_{ctx.task}"
-    trainable = tune.with_resources(tune.with_parameters(trial_fn, ctx=ctx), tune_resources(sweep))
-    path = f"{sweep_dir}/{tuner_name}"
-    local_dir = results_dir(sweep_dir, sweep.name)
-    if resume and tune.Tuner.can_restore(path):
-        print(f"[kdray] resuming {path}", flush=True)
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False)
-    else:
-        param_space, tune_config = _search(sweep, trials, concurrent)
-        tuner = tune.Tuner(
-            trainable, param_space=param_space, tune_config=tune_config,
-            run_config=tune.RunConfig(
-                name=tuner_name, storage_path=sweep_dir,
-                callbacks=[make_recorder(local_dir, ctx, sweep_dir if "://" in sweep_dir else None),
-                           *logger_callbacks(sweep, sweep_dir)],
-                # a trial whose process or node died restarts from its last checkpoint (attempts counts them)
-                failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                # Tune's status tables and per-result boxes (~40 lines a trial) are off: the recorder prints one
-                # line per ended trial and _summary the totals; Tune's own tensorboard line named the wrong folder
-                verbose=0),
-        )
-    grid = tuner.fit()
-    backfill(local_dir, ctx, grid, sweep_dir if "://" in sweep_dir else None)
-    return sum(1 for r in grid if r.error is not None or (r.metrics or {}).get(ERROR_KEY))
-
-
-def _search(sweep: SweepConfig, trials: list[Trial] | None, concurrent: int) -> tuple[dict[str, Any], Any]:
-    """(param_space, TuneConfig) of a new Tuner: the grid's trial identities, or a seeded Optuna TPE study."""
-    from ray import tune
-
-    search = sweep.search
-    metric: Any = search.metric
-    mode: Any = search.mode_direction
-    scheduler = search_alg = None
-    if search.scheduler.type == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=search.scheduler.grace_period,
-                                  reduction_factor=search.scheduler.reduction_factor)
-    if trials is not None:
-        # Tune shows and stores each trial's config: its identity, not the whole run (thousands of
-        # characters in every status line); the trainable finds the typed trial by its key
-        param_space: dict[str, Any] = {"trial": tune.grid_search([t.identity() for t in trials])}
-        num_samples = 1
-    else:
-        import optuna
-        from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
-
-        if search.multi_objective:
-            metric, mode = [search.metric, "train_seconds"], [search.mode_direction, "min"]
-        sampler = tpe_sampler(search)
-        optuna_search = (OptunaSearch(metric=metric, mode=mode, sampler=sampler) if search.multi_objective
-                         else OptunaSearch(sampler=sampler))  # single objective: metric from TuneConfig
-        search_alg = ConcurrencyLimiter(optuna_search, max_concurrent=concurrent)
-        param_space = tune_space(sweep)
-        num_samples = search.num_samples
-    multi = isinstance(metric, list)
-    return param_space, tune.TuneConfig(
-        metric=None if multi else metric, mode=None if multi else mode,
-        num_samples=num_samples, max_concurrent_trials=concurrent, search_alg=search_alg,
-        scheduler=scheduler, reuse_actors=reuse_actors(sweep),
-        trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname)
-
-
-def tpe_sampler(search: Any) -> Any:
-    """The Optuna sampler of each task's study: TPE, seeded, after ``search.startup_trials`` random proposals."""
-    import optuna
-
-    return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.startup_trials)
-
-
-def _trial_dirname(trial: Any) -> str:
-    key = trial.config.get("trial", {}).get("trial_key")
-    return f"{key}-{trial.trial_id}" if key else f"trial-{trial.trial_id}"
 
 
 def results_dir(sweep_dir: str, name: str) -> str:

@@ -1,0 +1,133 @@
+"""One sweep's Ray Tune Tuners: a new one, a restored one, and the trials a restored one does not hold.
+
+A grid Tuner holds the trial identities it was started with. ``--resume`` restores it, so trials that its
+interrupted trials' checkpoints resume; but a space file that gained trials since (another seed, a row, the
+tasks a ``--tasks`` run left out) would not run them, and the sweep used to end reporting only the old grid as
+done. After a restored grid, every trial of the file that ``trials.parquet`` does not hold runs in a new Tuner
+beside it (``tune.added-<UTC time>``); the restored one keeps what it had.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kdray import results
+from kdray.config import SweepConfig
+from kdray.sweep.expansion import Trial, tune_space
+from kdray.sweep.loggers import logger_callbacks
+from kdray.sweep.recorder import backfill, make_recorder
+from kdray.sweep.resources import reuse_actors, tune_resources
+from kdray.sweep.trial import ERROR_KEY, TrialContext, trial_fn
+
+
+def run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, resume: bool, local_dir: str) -> int:
+    """One Tuner (the grid, or one task's Optuna study) and, after a restored grid, one for the trials it did not
+    hold; returns how many trials ended in ERROR. ``local_dir``: where trials.parquet is appended."""
+    from ray import tune
+
+    tuner_name = "tune" if ctx.task is None else f"tune_{ctx.task}"
+    path = f"{ctx.sweep_dir}/{tuner_name}"
+    restored = resume and tune.Tuner.can_restore(path)
+    if restored:
+        print(f"[kdray] resuming {path}", flush=True)
+        tuner = tune.Tuner.restore(path, _trainable(ctx), resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+    else:
+        tuner = _new_tuner(ctx, trials, concurrent, tuner_name, local_dir)
+    failed = _fit(tuner, ctx, local_dir)
+    if restored and trials is not None:
+        done = results.finished_ids(local_dir)
+        added = [t for t in trials if t.key not in done]
+        if added:
+            name = f"{tuner_name}.added-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            print(f"[kdray] {len(added)} trial(s) of the file were not in the resumed Tune state (the file gained "
+                  f"them since it started): running them in {ctx.sweep_dir}/{name}", flush=True)
+            failed += _fit(_new_tuner(ctx, added, concurrent, name, local_dir), ctx, local_dir)
+    return failed
+
+
+def _trainable(ctx: TrialContext) -> Any:
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(trial_fn, ctx=ctx), tune_resources(ctx.sweep))
+
+
+def _fit(tuner: Any, ctx: TrialContext, local_dir: str) -> int:
+    """Run ``tuner``, record what the driver missed, and count its ERROR trials."""
+    sweep_dir = ctx.sweep_dir
+    grid = tuner.fit()
+    backfill(local_dir, ctx, grid, sweep_dir if "://" in sweep_dir else None)
+    return sum(1 for r in grid if r.error is not None or (r.metrics or {}).get(ERROR_KEY))
+
+
+def _new_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, name: str, local_dir: str) -> Any:
+    from ray import tune
+
+    sweep, sweep_dir = ctx.sweep, ctx.sweep_dir
+    param_space, tune_config = search_config(sweep, trials, concurrent)
+    return tune.Tuner(
+        _trainable(ctx), param_space=param_space, tune_config=tune_config,
+        run_config=tune.RunConfig(
+            name=name, storage_path=sweep_dir,
+            callbacks=[make_recorder(local_dir, ctx, sweep_dir if "://" in sweep_dir else None),
+                       *logger_callbacks(sweep, sweep_dir)],
+            # a trial whose process or node died restarts from its last checkpoint (attempts counts them)
+            failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Tune's status tables and per-result boxes (~40 lines a trial) are off: the recorder prints one
+            # line per ended trial and the sweep's summary the totals; Tune's own tensorboard line named the
+            # wrong folder
+            verbose=0),
+    )
+
+
+def search_config(sweep: SweepConfig, trials: list[Trial] | None, concurrent: int) -> tuple[dict[str, Any], Any]:
+    """(param_space, TuneConfig) of a new Tuner: the grid's trial identities, or a seeded Optuna TPE study."""
+    from ray import tune
+
+    search = sweep.search
+    metric: Any = search.metric
+    mode: Any = search.mode_direction
+    scheduler = search_alg = None
+    if search.scheduler.type == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=search.scheduler.grace_period,
+                                  reduction_factor=search.scheduler.reduction_factor)
+    if trials is not None:
+        # Tune shows and stores each trial's config: its identity, not the whole run (thousands of
+        # characters in every status line); the trainable finds the typed trial by its key
+        param_space: dict[str, Any] = {"trial": tune.grid_search([t.identity() for t in trials])}
+        num_samples = 1
+    else:
+        import optuna  # noqa: F401  (Tune's OptunaSearch fails vaguely without it: say so here)
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        if search.multi_objective:
+            metric, mode = [search.metric, "train_seconds"], [search.mode_direction, "min"]
+        sampler = tpe_sampler(search)
+        optuna_search = (OptunaSearch(metric=metric, mode=mode, sampler=sampler) if search.multi_objective
+                         else OptunaSearch(sampler=sampler))  # single objective: metric from TuneConfig
+        search_alg = ConcurrencyLimiter(optuna_search, max_concurrent=concurrent)
+        param_space = tune_space(sweep)
+        num_samples = search.num_samples
+    multi = isinstance(metric, list)
+    return param_space, tune.TuneConfig(
+        metric=None if multi else metric, mode=None if multi else mode,
+        num_samples=num_samples, max_concurrent_trials=concurrent, search_alg=search_alg,
+        scheduler=scheduler, reuse_actors=reuse_actors(sweep),
+        trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname)
+
+
+def tpe_sampler(search: Any) -> Any:
+    """The Optuna sampler of each task's study: TPE, seeded, after ``search.startup_trials`` random proposals."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.startup_trials)
+
+
+def _trial_dirname(trial: Any) -> str:
+    key = trial.config.get("trial", {}).get("trial_key")
+    return f"{key}-{trial.trial_id}" if key else f"trial-{trial.trial_id}"
