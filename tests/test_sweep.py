@@ -221,3 +221,18 @@ def test_resume_runs_the_trials_a_grown_file_added_to_the_tune_state(tmp_path: P
     assert run_sweep(str(path), storage=str(storage), resume=True, overrides={"train.seeds": [1, 2]}) == 0
     assert "not in the resumed Tune state" not in capfd.readouterr().out
     assert len(load(storage / "grown")[0]) == 2 and len(list((storage / "grown").glob("tune.added-*"))) == 1
+
+
+def test_resumed_optuna_study_says_it_cannot_grow(tmp_path: Path, glue_dir: Path,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    """A restored Tune search keeps the sample count it started with: `--resume --num-samples` more says so in
+    one line instead of ending as if the larger study had run."""
+    path = space(tmp_path, glue_dir, "grow", {"mode": "optuna", "num_samples": 1, "seed": 3,
+                                              "space": {"train.lr": {"loguniform": [1.0e-5, 1.0e-3]}}})
+    storage = str(tmp_path / "runs")
+    assert run_sweep(str(path), storage=storage) == 0
+    capfd.readouterr()
+    assert run_sweep(str(path), storage=storage, resume=True, num_samples=2) == 0
+    out = capfd.readouterr().out
+    assert "the resumed study holds 1 trial(s) and this run asks for 2" in out
+    assert len(load(tmp_path / "runs" / "grow")[0]) == 1

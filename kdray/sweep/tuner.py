@@ -35,7 +35,12 @@ def run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, re
                                    restart_errored=False)
     else:
         tuner = _new_tuner(ctx, trials, concurrent, tuner_name, local_dir)
-    failed = _fit(tuner, ctx, local_dir)
+    grid = _fit(tuner, ctx, local_dir)
+    failed = _errors(grid)
+    if restored and trials is None and len(grid) < ctx.sweep.search.num_samples:
+        print(f"[kdray] {path}: the resumed study holds {len(grid)} trial(s) and this run asks for "
+              f"{ctx.sweep.search.num_samples}; a restored Tune search cannot grow, so run the rest as a new sweep "
+              "(--name) or start this one again", flush=True)
     if restored and trials is not None:
         done = results.finished_ids(local_dir)
         added = [t for t in trials if t.key not in done]
@@ -43,7 +48,7 @@ def run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, re
             name = f"{tuner_name}.added-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
             print(f"[kdray] {len(added)} trial(s) of the file were not in the resumed Tune state (the file gained "
                   f"them since it started): running them in {ctx.sweep_dir}/{name}", flush=True)
-            failed += _fit(_new_tuner(ctx, added, concurrent, name, local_dir), ctx, local_dir)
+            failed += _errors(_fit(_new_tuner(ctx, added, concurrent, name, local_dir), ctx, local_dir))
     return failed
 
 
@@ -53,11 +58,15 @@ def _trainable(ctx: TrialContext) -> Any:
     return tune.with_resources(tune.with_parameters(trial_fn, ctx=ctx), tune_resources(ctx.sweep))
 
 
-def _fit(tuner: Any, ctx: TrialContext, local_dir: str) -> int:
-    """Run ``tuner``, record what the driver missed, and count its ERROR trials."""
+def _fit(tuner: Any, ctx: TrialContext, local_dir: str) -> Any:
+    """Run ``tuner`` and record what the driver missed; its ResultGrid."""
     sweep_dir = ctx.sweep_dir
     grid = tuner.fit()
     backfill(local_dir, ctx, grid, sweep_dir if "://" in sweep_dir else None)
+    return grid
+
+
+def _errors(grid: Any) -> int:
     return sum(1 for r in grid if r.error is not None or (r.metrics or {}).get(ERROR_KEY))
 
 
