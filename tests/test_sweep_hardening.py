@@ -286,3 +286,14 @@ def test_a_wrong_address_is_bounded_and_says_what_was_tried() -> None:
     assert time.perf_counter() - t0 < 10 and not called  # ray.init never ran
     join("auto", init=lambda **kw: called.append(kw))  # `auto` is Ray's to resolve
     assert called and called[0]["address"] == "auto"
+
+
+def test_tune_states_pickled_by_earlier_kdray_still_resolve() -> None:
+    """tuner.pkl names the trial-folder function by its module; sweeps started before the Tuner code moved to
+    kdray.sweep.tuner reference kdray.sweep.run._trial_dirname (a resume of one failed with AttributeError)."""
+    import pickle
+
+    from kdray.sweep.tuner import trial_dirname
+
+    assert pickle.loads(b"ckdray.sweep.run\n_trial_dirname\n.") is trial_dirname
+    assert pickle.loads(pickle.dumps(trial_dirname)) is trial_dirname

@@ -34,10 +34,13 @@ from kdray.sweep.settings import changed_trials, check_recorded_settings, forget
 from kdray.sweep.resources import QUIET_ENV, max_concurrent_trials
 from kdray.sweep.teachers import teacher_root, teacher_stage
 from kdray.sweep.trial import TrialContext
-from kdray.sweep.tuner import run_tuner
+from kdray.sweep.tuner import run_tuner, trial_dirname
 from kdray.tblog import tensorboard_command
 
 SWEEP_LOCK = ".sweep.lock"  # held by the one driver of a sweep, fresh or resumed
+# Tune pickles its TuneConfig into <sweep>/tune/tuner.pkl, naming this function by the module it lived in before
+# kdray.sweep.tuner existed: the alias keeps those sweeps resumable.
+_trial_dirname = trial_dirname
 
 
 def run_sweep(space_path: str, address: str | None = None, storage: str | None = None, name: str | None = None,

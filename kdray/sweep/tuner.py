@@ -127,7 +127,7 @@ def search_config(sweep: SweepConfig, trials: list[Trial] | None, concurrent: in
         metric=None if multi else metric, mode=None if multi else mode,
         num_samples=num_samples, max_concurrent_trials=concurrent, search_alg=search_alg,
         scheduler=scheduler, reuse_actors=reuse_actors(sweep),
-        trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname)
+        trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname)
 
 
 def tpe_sampler(search: Any) -> Any:
@@ -137,6 +137,7 @@ def tpe_sampler(search: Any) -> Any:
     return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.startup_trials)
 
 
-def _trial_dirname(trial: Any) -> str:
+def trial_dirname(trial: Any) -> str:
+    """A Tune trial's folder and display name: its kdray key (grid) or Tune's id."""
     key = trial.config.get("trial", {}).get("trial_key")
     return f"{key}-{trial.trial_id}" if key else f"trial-{trial.trial_id}"
