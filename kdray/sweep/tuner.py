@@ -138,6 +138,8 @@ def tpe_sampler(search: Any) -> Any:
 
 
 def trial_dirname(trial: Any) -> str:
-    """A Tune trial's folder and display name: its kdray key (grid) or Tune's id."""
+    """A Tune trial's folder and display name: its kdray key (grid) or Tune's id. Tune pickles a reference to it
+    into tuner.pkl, so its module and name are part of every sweep's resumable state: keep them (kdray.sweep.run
+    keeps the name sweeps started before this module existed use)."""
     key = trial.config.get("trial", {}).get("trial_key")
     return f"{key}-{trial.trial_id}" if key else f"trial-{trial.trial_id}"
