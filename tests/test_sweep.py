@@ -217,9 +217,11 @@ def test_resume_runs_the_trials_a_grown_file_added_to_the_tune_state(tmp_path: P
     old = before["trial_id"].iloc[0]
     assert trials.set_index("trial_id").loc[old, "finished_at"] == before["finished_at"].iloc[0]
     assert len(list((storage / "grown").glob("tune.added-*"))) == 1
-    # resumed again with nothing new: no further Tuner
+    # resumed again with nothing new: both Tuners restored (an interrupted added trial would resume), none added
     assert run_sweep(str(path), storage=str(storage), resume=True, overrides={"train.seeds": [1, 2]}) == 0
-    assert "not in the resumed Tune state" not in capfd.readouterr().out
+    out = capfd.readouterr().out
+    assert "not in the resumed Tune state" not in out and out.count("[kdray] resuming ") == 2
+    assert "grown/tune.added-" in out
     assert len(load(storage / "grown")[0]) == 2 and len(list((storage / "grown").glob("tune.added-*"))) == 1
 
 

@@ -4,12 +4,13 @@ A grid Tuner holds the trial identities it was started with. ``--resume`` restor
 interrupted trials' checkpoints resume; but a space file that gained trials since (another seed, a row, the
 tasks a ``--tasks`` run left out) would not run them, and the sweep used to end reporting only the old grid as
 done. After a restored grid, every trial of the file that ``trials.parquet`` does not hold runs in a new Tuner
-beside it (``tune.added-<UTC time>``); the restored one keeps what it had.
+beside it (``tune.added-<UTC time>``); the restored one keeps what it had, and later resumes restore both.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from kdray import results
@@ -29,14 +30,12 @@ def run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, re
     tuner_name = "tune" if ctx.task is None else f"tune_{ctx.task}"
     path = f"{ctx.sweep_dir}/{tuner_name}"
     restored = resume and tune.Tuner.can_restore(path)
-    if restored:
-        print(f"[kdray] resuming {path}", flush=True)
-        tuner = tune.Tuner.restore(path, _trainable(ctx), resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False)
-    else:
-        tuner = _new_tuner(ctx, trials, concurrent, tuner_name, local_dir)
-    grid = _fit(tuner, ctx, local_dir)
+    grid = _fit(_restored(ctx, path) if restored else _new_tuner(ctx, trials, concurrent, tuner_name, local_dir),
+                ctx, local_dir)
     failed = _errors(grid)
+    if restored and trials is not None:  # the Tuners an earlier resume added, so their trials' checkpoints resume
+        for earlier in _added_tuners(ctx.sweep_dir, tuner_name):
+            failed += _errors(_fit(_restored(ctx, earlier), ctx, local_dir))
     if restored and trials is None and len(grid) < ctx.sweep.search.num_samples:
         print(f"[kdray] {path}: the resumed study holds {len(grid)} trial(s) and this run asks for "
               f"{ctx.sweep.search.num_samples}; a restored Tune search cannot grow, so run the rest as a new sweep "
@@ -50,6 +49,25 @@ def run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, re
                   f"them since it started): running them in {ctx.sweep_dir}/{name}", flush=True)
             failed += _errors(_fit(_new_tuner(ctx, added, concurrent, name, local_dir), ctx, local_dir))
     return failed
+
+
+def _restored(ctx: TrialContext, path: str) -> Any:
+    from ray import tune
+
+    print(f"[kdray] resuming {path}", flush=True)
+    return tune.Tuner.restore(path, _trainable(ctx), resume_unfinished=True, resume_errored=False,
+                              restart_errored=False)
+
+
+def _added_tuners(sweep_dir: str, tuner_name: str) -> list[str]:
+    """The ``<tuner_name>.added-<UTC>`` Tuners earlier resumes started, oldest first (local storage only: a
+    URI's are not listed, and their unfinished trials start over in a new one)."""
+    from ray import tune
+
+    if "://" in sweep_dir:
+        return []
+    found = sorted(Path(sweep_dir).glob(f"{tuner_name}.added-*"))
+    return [str(p) for p in found if tune.Tuner.can_restore(str(p))]
 
 
 def _trainable(ctx: TrialContext) -> Any:
