@@ -225,16 +225,46 @@ def test_resume_runs_the_trials_a_grown_file_added_to_the_tune_state(tmp_path: P
     assert len(load(storage / "grown")[0]) == 2 and len(list((storage / "grown").glob("tune.added-*"))) == 1
 
 
-def test_resumed_optuna_study_says_it_cannot_grow(tmp_path: Path, glue_dir: Path,
-                                                   capfd: pytest.CaptureFixture[str]) -> None:
-    """A restored Tune search keeps the sample count it started with: `--resume --num-samples` more says so in
-    one line instead of ending as if the larger study had run."""
+def test_resumed_optuna_study_grows_from_what_it_ran(tmp_path: Path, glue_dir: Path,
+                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    """A restored Tune search keeps the sample count it started with: `--resume --num-samples` more runs the rest
+    in a new study told the finished samples first (it used to end as if the larger study had run); resumed
+    again, both are restored and nothing more runs."""
     path = space(tmp_path, glue_dir, "grow", {"mode": "optuna", "num_samples": 1, "seed": 3,
                                               "space": {"train.lr": {"loguniform": [1.0e-5, 1.0e-3]}}})
     storage = str(tmp_path / "runs")
     assert run_sweep(str(path), storage=storage) == 0
+    first = load(tmp_path / "runs" / "grow")[0]
     capfd.readouterr()
     assert run_sweep(str(path), storage=storage, resume=True, num_samples=2) == 0
     out = capfd.readouterr().out
-    assert "the resumed study holds 1 trial(s) and this run asks for 2" in out
-    assert len(load(tmp_path / "runs" / "grow")[0]) == 1
+    assert "the resumed study ran 1 of the 2 samples asked for" in out and "told the 1 finished ones first" in out
+    trials = load(tmp_path / "runs" / "grow")[0]
+    assert len(trials) == 2 and trials["trial_id"].is_unique and (trials["status"] == "TERMINATED").all()
+    assert first["trial_id"].iloc[0] in set(trials["trial_id"])
+    assert run_sweep(str(path), storage=storage, resume=True, num_samples=2) == 0
+    out = capfd.readouterr().out
+    assert out.count("[kdray] resuming ") == 2 and "samples asked for" not in out
+    assert len(load(tmp_path / "runs" / "grow")[0]) == 2
+
+
+def test_study_history_keeps_finished_samples_with_their_objectives() -> None:
+    """The warm start of a grown study: finished samples' searched values and objectives; failed ones and ones
+    without the objective (stopped before reporting it) are left out; two objectives give a list."""
+    from types import SimpleNamespace
+
+    from kdray.config import SweepConfig, validate
+    from kdray.sweep.tuner import study_history
+
+    doc = {"name": "h", "tasks": ["rte"], "search": {"mode": "optuna", "num_samples": 3,
+                                                     "space": {"train.lr": {"loguniform": [1.0e-5, 1.0e-3]}}}}
+    sweep = validate(SweepConfig, doc, "h")
+
+    def result(lr: float, metrics: dict, error: Exception | None = None) -> SimpleNamespace:
+        return SimpleNamespace(config={"train.lr": lr, "other": 1}, metrics=metrics, error=error)
+
+    grid = [result(1e-4, {"dev_score": 0.6, "train_seconds": 3.0}), result(2e-4, {}, RuntimeError("x")),
+            result(3e-4, {"train_seconds": 1.0}), result(4e-4, {"dev_score": 0.7, "train_seconds": 2.0})]
+    assert study_history([grid], sweep) == ([{"train.lr": 1e-4}, {"train.lr": 4e-4}], [0.6, 0.7])
+    multi = validate(SweepConfig, {**doc, "search": {**doc["search"], "multi_objective": True}}, "h")
+    assert study_history([grid[:1], grid[3:]], multi)[1] == [[0.6, 3.0], [0.7, 2.0]]

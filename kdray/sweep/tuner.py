@@ -5,6 +5,8 @@ interrupted trials' checkpoints resume; but a space file that gained trials sinc
 tasks a ``--tasks`` run left out) would not run them, and the sweep used to end reporting only the old grid as
 done. After a restored grid, every trial of the file that ``trials.parquet`` does not hold runs in a new Tuner
 beside it (``tune.added-<UTC time>``); the restored one keeps what it had, and later resumes restore both.
+An Optuna study cannot grow either: a resume asking for more samples runs the rest in a new study that is told
+every finished sample first (Optuna's warm start), so its TPE model goes on from them.
 """
 
 from __future__ import annotations
@@ -23,32 +25,55 @@ from kdray.sweep.trial import ERROR_KEY, TrialContext, trial_fn
 
 
 def run_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, resume: bool, local_dir: str) -> int:
-    """One Tuner (the grid, or one task's Optuna study) and, after a restored grid, one for the trials it did not
-    hold; returns how many trials ended in ERROR. ``local_dir``: where trials.parquet is appended."""
+    """One Tuner (the grid, or one task's Optuna study); after a restore, also the Tuners earlier resumes added and
+    one for what the file now adds. Returns how many trials ended in ERROR. ``local_dir``: where trials.parquet is
+    appended."""
     from ray import tune
 
     tuner_name = "tune" if ctx.task is None else f"tune_{ctx.task}"
     path = f"{ctx.sweep_dir}/{tuner_name}"
     restored = resume and tune.Tuner.can_restore(path)
-    grid = _fit(_restored(ctx, path) if restored else _new_tuner(ctx, trials, concurrent, tuner_name, local_dir),
-                ctx, local_dir)
-    failed = _errors(grid)
-    if restored and trials is not None:  # the Tuners an earlier resume added, so their trials' checkpoints resume
-        for earlier in _added_tuners(ctx.sweep_dir, tuner_name):
-            failed += _errors(_fit(_restored(ctx, earlier), ctx, local_dir))
-    if restored and trials is None and len(grid) < ctx.sweep.search.num_samples:
-        print(f"[kdray] {path}: the resumed study holds {len(grid)} trial(s) and this run asks for "
-              f"{ctx.sweep.search.num_samples}; a restored Tune search cannot grow, so run the rest as a new sweep "
-              "(--name) or start this one again", flush=True)
-    if restored and trials is not None:
+    grids = [_fit(_restored(ctx, path) if restored else _new_tuner(ctx, trials, concurrent, tuner_name, local_dir),
+                  ctx, local_dir)]
+    if restored:  # the Tuners an earlier resume added, so that their interrupted trials resume too
+        grids += [_fit(_restored(ctx, earlier), ctx, local_dir) for earlier in _added_tuners(ctx.sweep_dir, tuner_name)]
+    failed = sum(_errors(g) for g in grids)
+    if not restored:
+        return failed
+    name = f"{tuner_name}.added-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    if trials is not None:
         done = results.finished_ids(local_dir)
         added = [t for t in trials if t.key not in done]
         if added:
-            name = f"{tuner_name}.added-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
             print(f"[kdray] {len(added)} trial(s) of the file were not in the resumed Tune state (the file gained "
                   f"them since it started): running them in {ctx.sweep_dir}/{name}", flush=True)
             failed += _errors(_fit(_new_tuner(ctx, added, concurrent, name, local_dir), ctx, local_dir))
+        return failed
+    ran = sum(len(g) for g in grids)
+    if ran < ctx.sweep.search.num_samples:
+        history = study_history(grids, ctx.sweep)
+        print(f"[kdray] {path}: the resumed study ran {ran} of the {ctx.sweep.search.num_samples} samples asked for; "
+              f"the rest run in {ctx.sweep_dir}/{name}, a study told the {len(history[0])} finished ones first",
+              flush=True)
+        grown = _new_tuner(ctx, None, concurrent, name, local_dir, history, ctx.sweep.search.num_samples - ran)
+        failed += _errors(_fit(grown, ctx, local_dir))
     return failed
+
+
+def study_history(grids: list[Any], sweep: SweepConfig) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The finished samples of restored Optuna Tuners as (points, rewards), the warm start of a grown study: its
+    TPE model then starts from them, as the restored one would have gone on."""
+    keys, search = list(tune_space(sweep)), sweep.search
+    objectives = [search.metric, "train_seconds"] if search.multi_objective else [search.metric]
+    points, rewards = [], []
+    for result in (r for grid in grids for r in grid):
+        metrics = result.metrics or {}
+        if result.error is not None or metrics.get(ERROR_KEY) or any(k not in metrics for k in objectives):
+            continue
+        points.append({k: result.config[k] for k in keys})
+        values = [float(metrics[k]) for k in objectives]
+        rewards.append(values if search.multi_objective else values[0])
+    return points, rewards
 
 
 def _restored(ctx: TrialContext, path: str) -> Any:
@@ -88,11 +113,14 @@ def _errors(grid: Any) -> int:
     return sum(1 for r in grid if r.error is not None or (r.metrics or {}).get(ERROR_KEY))
 
 
-def _new_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, name: str, local_dir: str) -> Any:
+def _new_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, name: str, local_dir: str,
+               history: tuple[list[dict[str, Any]], list[Any]] | None = None, samples: int | None = None) -> Any:
+    """A Tuner over ``trials`` (a grid) or a new Optuna study (``history``: finished samples it is told first;
+    ``samples``: how many it runs, default ``search.num_samples``)."""
     from ray import tune
 
     sweep, sweep_dir = ctx.sweep, ctx.sweep_dir
-    param_space, tune_config = search_config(sweep, trials, concurrent)
+    param_space, tune_config = search_config(sweep, trials, concurrent, history, samples)
     return tune.Tuner(
         _trainable(ctx), param_space=param_space, tune_config=tune_config,
         run_config=tune.RunConfig(
@@ -109,8 +137,11 @@ def _new_tuner(ctx: TrialContext, trials: list[Trial] | None, concurrent: int, n
     )
 
 
-def search_config(sweep: SweepConfig, trials: list[Trial] | None, concurrent: int) -> tuple[dict[str, Any], Any]:
-    """(param_space, TuneConfig) of a new Tuner: the grid's trial identities, or a seeded Optuna TPE study."""
+def search_config(sweep: SweepConfig, trials: list[Trial] | None, concurrent: int,
+                  history: tuple[list[dict[str, Any]], list[Any]] | None = None,
+                  samples: int | None = None) -> tuple[dict[str, Any], Any]:
+    """(param_space, TuneConfig) of a new Tuner: the grid's trial identities, or a seeded Optuna TPE study
+    (warm-started from ``history``'s points and rewards, running ``samples`` trials when given)."""
     from ray import tune
 
     search = sweep.search
@@ -135,11 +166,13 @@ def search_config(sweep: SweepConfig, trials: list[Trial] | None, concurrent: in
         if search.multi_objective:
             metric, mode = [search.metric, "train_seconds"], [search.mode_direction, "min"]
         sampler = tpe_sampler(search)
-        optuna_search = (OptunaSearch(metric=metric, mode=mode, sampler=sampler) if search.multi_objective
-                         else OptunaSearch(sampler=sampler))  # single objective: metric from TuneConfig
+        warm: dict[str, Any] = ({"points_to_evaluate": history[0], "evaluated_rewards": history[1]}
+                                if history and history[0] else {})
+        optuna_search = (OptunaSearch(metric=metric, mode=mode, sampler=sampler, **warm) if search.multi_objective
+                         else OptunaSearch(sampler=sampler, **warm))  # single objective: metric from TuneConfig
         search_alg = ConcurrencyLimiter(optuna_search, max_concurrent=concurrent)
         param_space = tune_space(sweep)
-        num_samples = search.num_samples
+        num_samples = samples or search.num_samples
     multi = isinstance(metric, list)
     return param_space, tune.TuneConfig(
         metric=None if multi else metric, mode=None if multi else mode,
