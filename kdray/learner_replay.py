@@ -85,8 +85,8 @@ def record_value(learner: SavedLearner, key: str) -> str:
     for i, part in enumerate(key.split(".")):
         if not isinstance(node, dict) or part not in node:
             where = ".".join(key.split(".")[:i]) or "run_record.json"
-            keys = sorted(node) + (sorted(own) if i == 0 else []) if isinstance(node, dict) else []
-            allowed = ", ".join(keys) if isinstance(node, dict) else "(not a mapping)"
+            allowed = (", ".join(sorted(node) + (sorted(own) if i == 0 else [])) if isinstance(node, dict)
+                       else "(not a mapping)")
             raise ValueError(f"learner-replay --by {key}: {learner.trial_id}'s {where} has no {part!r}; "
                              f"allowed: {allowed}")
         node = node[part]

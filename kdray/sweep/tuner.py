@@ -64,7 +64,7 @@ def study_history(grids: list[Any], sweep: SweepConfig) -> tuple[list[dict[str, 
     """The finished samples of restored Optuna Tuners as (points, rewards), the warm start of a grown study: its
     TPE model then starts from them, as the restored one would have gone on."""
     keys, search = list(tune_space(sweep)), sweep.search
-    objectives = [search.metric, "train_seconds"] if search.multi_objective else [search.metric]
+    objectives = study_objectives(search)[0]
     points, rewards = [], []
     for result in (r for grid in grids for r in grid):
         metrics = result.metrics or {}
@@ -164,7 +164,7 @@ def search_config(sweep: SweepConfig, trials: list[Trial] | None, concurrent: in
         from ray.tune.search.optuna import OptunaSearch
 
         if search.multi_objective:
-            metric, mode = [search.metric, "train_seconds"], [search.mode_direction, "min"]
+            metric, mode = study_objectives(search)
         sampler = tpe_sampler(search)
         warm: dict[str, Any] = ({"points_to_evaluate": history[0], "evaluated_rewards": history[1]}
                                 if history and history[0] else {})
@@ -179,6 +179,14 @@ def search_config(sweep: SweepConfig, trials: list[Trial] | None, concurrent: in
         num_samples=num_samples, max_concurrent_trials=concurrent, search_alg=search_alg,
         scheduler=scheduler, reuse_actors=reuse_actors(sweep),
         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname)
+
+
+def study_objectives(search: Any) -> tuple[list[str], list[str]]:
+    """(metrics, modes) of each Optuna study: ``search.metric``, and with ``multi_objective`` ``train_seconds``
+    (minimised) beside it."""
+    if search.multi_objective:
+        return [search.metric, "train_seconds"], [search.mode_direction, "min"]
+    return [search.metric], [search.mode_direction]
 
 
 def tpe_sampler(search: Any) -> Any:
